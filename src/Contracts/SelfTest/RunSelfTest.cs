@@ -1,0 +1,17 @@
+namespace Cluster.Contracts.SelfTest;
+
+/// <summary>
+/// Coordinator → a GPU worker: run a small, deterministic TorchSharp convolution and record its result.
+/// Proves the whole path: broker, worker process, libtorch, database.
+/// </summary>
+public sealed record RunSelfTest
+{
+    /// <summary>Deterministic job id; a worker that finds a result already recorded for it does not recompute.</summary>
+    public required Guid JobId { get; init; }
+
+    /// <summary>Spatial size of the square input image.</summary>
+    public int ImageSize { get; init; } = 32;
+
+    /// <summary>How many convolution layers are applied in sequence (more makes the job longer).</summary>
+    public int Layers { get; init; } = 4;
+}

@@ -1,0 +1,17 @@
+namespace Cluster.Contracts.Workers;
+
+/// <summary>Worker → coordinator, every few seconds: the worker is alive, and what it is doing.</summary>
+public sealed record WorkerHeartbeat
+{
+    public required string WorkerId { get; init; }
+    public required string Host { get; init; }
+    public required string Device { get; init; }
+    public required string Version { get; init; }
+    public required DateTime SentAt { get; init; }
+
+    /// <summary>The id of the job in progress, or null when idle.</summary>
+    public string? CurrentJob { get; init; }
+
+    /// <summary>Images per second over the last interval, when the current job processes images.</summary>
+    public double? ImagesPerSecond { get; init; }
+}

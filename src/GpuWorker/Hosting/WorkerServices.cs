@@ -1,0 +1,31 @@
+using Cluster.GpuWorker.Devices;
+using Cluster.Hosting;
+using MassTransit;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace Cluster.GpuWorker.Hosting;
+
+public static class WorkerServices
+{
+    /// <summary>
+    /// Everything a worker needs besides the bus: identity, device, job tracking and heartbeats. Used by the
+    /// `gpu-worker` process and by the coordinator when it hosts a worker in-process (embedded mode).
+    /// </summary>
+    public static IServiceCollection AddGpuWorker(this IServiceCollection services, WorkerOptions options, TorchDevice device)
+    {
+        if (options.TorchThreads > 0)
+        {
+            TorchSharp.torch.set_num_threads(options.TorchThreads);
+        }
+        services.AddSingleton(WorkerIdentity.Create(options.Id, device));
+        services.AddSingleton<JobTracker>();
+        services.AddHostedService(sp => new HeartbeatService(
+            sp.GetRequiredService<IBus>(),
+            sp.GetRequiredService<WorkerIdentity>(),
+            sp.GetRequiredService<JobTracker>(),
+            TimeSpan.FromSeconds(options.HeartbeatSeconds),
+            sp.GetRequiredService<ILogger<HeartbeatService>>()));
+        return services;
+    }
+}

@@ -1,0 +1,81 @@
+using System.ComponentModel.DataAnnotations;
+using Cluster.Storage.Database;
+
+namespace Cluster.Hosting;
+
+/// <summary>Where the cluster runs: in one process with no servers, or against RabbitMQ and PostgreSQL.</summary>
+public enum RuntimeMode
+{
+    Embedded,
+    Cluster,
+}
+
+/// <summary>Section "Cluster": the mode and the shared storage root.</summary>
+public sealed class ClusterOptions
+{
+    public const string SectionName = "Cluster";
+
+    /// <summary>"embedded", "cluster", or empty: cluster when a RabbitMQ host is configured, else embedded.</summary>
+    public string? Mode { get; set; }
+
+    /// <summary>The shared storage root (a ReadWriteMany volume in Kubernetes; a local folder when embedded).</summary>
+    public string StorageRoot { get; set; } = ".cluster";
+}
+
+/// <summary>Section "RabbitMq". Credentials come from the environment (RabbitMq__Password) or a secret.</summary>
+public sealed class RabbitMqOptions
+{
+    public const string SectionName = "RabbitMq";
+
+    public string? Host { get; set; }
+
+    [Range(1, 65535)]
+    public int Port { get; set; } = 5672;
+
+    public string VirtualHost { get; set; } = "/";
+
+    public string Username { get; set; } = "guest";
+
+    public string Password { get; set; } = "guest";
+
+    public string Describe() => $"RabbitMQ at {Host}:{Port} (virtual host '{VirtualHost}')";
+}
+
+/// <summary>Section "Database". In cluster mode PostgreSQL; embedded, a SQLite file under the storage root.</summary>
+public sealed class DatabaseOptions
+{
+    public const string SectionName = "Database";
+
+    /// <summary>"postgres" or "sqlite"; empty: postgres in cluster mode, sqlite embedded.</summary>
+    public string? Provider { get; set; }
+
+    /// <summary>A Npgsql or SQLite connection string; embedded default: Data Source=&lt;storage root&gt;/cluster.db.</summary>
+    public string? ConnectionString { get; set; }
+}
+
+/// <summary>Section "Worker": settings of a GPU worker process (or of the in-process worker when embedded).</summary>
+public sealed class WorkerOptions
+{
+    public const string SectionName = "Worker";
+
+    /// <summary>"cpu", "cuda" or "cuda:N".</summary>
+    public string Device { get; set; } = "cpu";
+
+    /// <summary>Stable id; default: host name, process id and a random suffix.</summary>
+    public string? Id { get; set; }
+
+    [Range(1, 3600)]
+    public double HeartbeatSeconds { get; set; } = 5;
+
+    /// <summary>Intra-op threads for libtorch; 0 leaves libtorch's default (one per core).</summary>
+    [Range(0, 1024)]
+    public int TorchThreads { get; set; }
+}
+
+/// <summary>The settings every process resolves once at start: mode, storage, bus and database.</summary>
+public sealed record ClusterRuntimeSettings(
+    RuntimeMode Mode,
+    string StorageRoot,
+    RabbitMqOptions RabbitMq,
+    DatabaseProvider DatabaseProvider,
+    string DatabaseConnectionString);

@@ -1,0 +1,7 @@
+namespace Cluster.Storage.Database;
+
+public enum DatabaseProvider
+{
+    Sqlite,
+    Postgres,
+}

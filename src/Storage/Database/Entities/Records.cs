@@ -1,0 +1,181 @@
+namespace Cluster.Storage.Database.Entities;
+
+// One record type per table of the data model (DESIGN.md). Times are UTC DateTime: both PostgreSQL
+// (timestamptz) and SQLite (ISO text, which sorts and compares correctly) handle them in queries.
+
+public enum FeatureSetStatus
+{
+    Pending,
+    Extracting,
+    Complete,
+    Failed,
+}
+
+public enum SweepStatus
+{
+    Planned,
+    Running,
+    Completed,
+    Cancelled,
+    Failed,
+}
+
+public enum TrialStatus
+{
+    Pending,
+    WaitingForFeatures,
+    Running,
+    Completed,
+    Stopped,
+    Failed,
+}
+
+public enum SegmentStatus
+{
+    Sent,
+    Running,
+    Completed,
+    Failed,
+}
+
+public enum WorkerStatus
+{
+    Alive,
+    Stopped,
+    Lost,
+}
+
+public sealed class DatasetRecord
+{
+    public required string Id { get; set; }
+    public required string Root { get; set; }
+    public required string ManifestPath { get; set; }
+    public required string ContentHash { get; set; }
+    public int ImageCount { get; set; }
+    public int ClassCount { get; set; }
+    public DateTime CreatedAt { get; set; }
+}
+
+public sealed class FeatureSetRecord
+{
+    /// <summary>The frozen-prefix key: hash of weights, tap layer, pooling, preprocessing, precision and dataset version.</summary>
+    public required string Key { get; set; }
+    public required string Model { get; set; }
+    public required string WeightsHash { get; set; }
+    public required string Layer { get; set; }
+    public required string Pooling { get; set; }
+    public required string Preprocessing { get; set; }
+    public required string DatasetId { get; set; }
+    public required string Dtype { get; set; }
+
+    /// <summary>Shape of one row's features, e.g. "512" or "512x7x7".</summary>
+    public required string Shape { get; set; }
+    public FeatureSetStatus Status { get; set; }
+    public int ShardCount { get; set; }
+    public DateTime CreatedAt { get; set; }
+    public DateTime? CompletedAt { get; set; }
+}
+
+public sealed class FeatureShardRecord
+{
+    public required string FeatureSetKey { get; set; }
+    public int Index { get; set; }
+    public long RowStart { get; set; }
+    public int RowCount { get; set; }
+    public required string Path { get; set; }
+    public required string Sha256 { get; set; }
+    public int ImageCount { get; set; }
+    public int SkippedCount { get; set; }
+    public string? WorkerId { get; set; }
+    public DateTime CreatedAt { get; set; }
+}
+
+public sealed class SkippedImageRecord
+{
+    public long Id { get; set; }
+    public required string DatasetId { get; set; }
+    public required string Path { get; set; }
+    public required string Reason { get; set; }
+    public DateTime RecordedAt { get; set; }
+}
+
+public sealed class SweepRecord
+{
+    public Guid Id { get; set; }
+    public required string Name { get; set; }
+    public required string SpecText { get; set; }
+    public required string SpecHash { get; set; }
+    public SweepStatus Status { get; set; }
+    public DateTime CreatedAt { get; set; }
+    public DateTime? StartedAt { get; set; }
+    public DateTime? CompletedAt { get; set; }
+}
+
+public sealed class TrialRecord
+{
+    public Guid Id { get; set; }
+    public Guid SweepId { get; set; }
+
+    /// <summary>Hyperparameters as a JSON object (jsonb in PostgreSQL).</summary>
+    public required string Hyperparameters { get; set; }
+    public required string Strategy { get; set; }
+    public string? PrefixKey { get; set; }
+    public TrialStatus Status { get; set; }
+    public int Rung { get; set; }
+    public double? BestMetric { get; set; }
+    public int Attempts { get; set; }
+    public string? FailureReason { get; set; }
+}
+
+public sealed class SegmentRecord
+{
+    public Guid TrialId { get; set; }
+    public int Index { get; set; }
+    public int EpochFrom { get; set; }
+    public int EpochTo { get; set; }
+    public string? CheckpointPath { get; set; }
+    public string? Sha256 { get; set; }
+    public string? WorkerId { get; set; }
+    public SegmentStatus Status { get; set; }
+    public int Attempts { get; set; }
+}
+
+public sealed class EpochMetricRecord
+{
+    public long Id { get; set; }
+    public Guid TrialId { get; set; }
+    public int Epoch { get; set; }
+
+    /// <summary>"train" or "validation".</summary>
+    public required string Split { get; set; }
+    public double Loss { get; set; }
+    public double Accuracy { get; set; }
+    public double ImagesPerSecond { get; set; }
+    public double Seconds { get; set; }
+}
+
+public sealed class WorkerRecord
+{
+    public required string Id { get; set; }
+    public required string Host { get; set; }
+    public required string Device { get; set; }
+    public required string Version { get; set; }
+    public WorkerStatus Status { get; set; }
+    public DateTime StartedAt { get; set; }
+    public DateTime LastHeartbeat { get; set; }
+    public string? CurrentJob { get; set; }
+    public double? ImagesPerSecond { get; set; }
+}
+
+/// <summary>The recorded outcome of a self-test job (`coordinator selftest`), written by the worker that ran it.</summary>
+public sealed class SelfTestRunRecord
+{
+    public Guid JobId { get; set; }
+    public required string WorkerId { get; set; }
+    public required string Device { get; set; }
+    public required string TorchVersion { get; set; }
+    public required string OutputShape { get; set; }
+    public double Checksum { get; set; }
+    public double Milliseconds { get; set; }
+    public DateTime CompletedAt { get; set; }
+}
