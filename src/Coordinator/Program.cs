@@ -1,1 +1,3 @@
-Console.WriteLine("hi");
+using Cluster.Coordinator.Cli;
+
+return await CoordinatorCli.RunAsync(args);

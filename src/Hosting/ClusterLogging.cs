@@ -10,10 +10,11 @@ namespace Cluster.Hosting;
 /// </summary>
 public static class ClusterLogging
 {
-    public static LoggerConfiguration Configure(LoggerConfiguration logger, bool json, bool verbose, bool toStdErr)
+    public static LoggerConfiguration Configure(
+        LoggerConfiguration logger, bool json, bool verbose, bool toStdErr, LogEventLevel minimum = LogEventLevel.Information)
     {
         logger = logger
-            .MinimumLevel.Is(verbose ? LogEventLevel.Debug : LogEventLevel.Information)
+            .MinimumLevel.Is(verbose ? LogEventLevel.Debug : minimum)
             .MinimumLevel.Override("Microsoft", LogEventLevel.Warning)
             .MinimumLevel.Override("MassTransit", verbose ? LogEventLevel.Information : LogEventLevel.Warning)
             .Enrich.FromLogContext()

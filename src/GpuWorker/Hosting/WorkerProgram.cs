@@ -40,6 +40,7 @@ public static class WorkerProgram
             Console.WriteLine(Usage);
             return 0;
         }
+        TorchRuntime.Initialize();
         bool verbose = args.Any(a => a is "-v" or "--verbose");
         string[] configArgs = args.Where(a => a is not ("-v" or "--verbose")).ToArray();
         Log.Logger = ClusterLogging.Configure(new LoggerConfiguration(), json: false, verbose, toStdErr: true).CreateBootstrapLogger();

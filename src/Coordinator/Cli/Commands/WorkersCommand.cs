@@ -1,0 +1,77 @@
+using System.ComponentModel;
+using Cluster.Storage.Database;
+using Cluster.Storage.Database.Entities;
+using Microsoft.EntityFrameworkCore;
+using Spectre.Console;
+using Spectre.Console.Cli;
+
+namespace Cluster.Coordinator.Cli.Commands;
+
+public sealed class WorkersSettings : GlobalSettings
+{
+    [CommandOption("--all")]
+    [Description("Also list stopped and lost workers.")]
+    public bool All { get; init; }
+
+    [CommandOption("--lost-after <SECONDS>")]
+    [Description("A worker silent this long is shown as lost (default: three heartbeat intervals).")]
+    [DefaultValue(15)]
+    public int LostAfterSeconds { get; init; }
+}
+
+/// <summary>`coordinator workers`: the workers known from their heartbeats (as recorded by `coordinator serve`).</summary>
+public sealed class WorkersCommand : AsyncCommand<WorkersSettings>
+{
+    public override async Task<int> ExecuteAsync(CommandContext context, WorkersSettings settings, CancellationToken cancellationToken)
+    {
+        CliContext cli = CliContext.Create(settings);
+        await cli.RequireDatabaseAsync(cancellationToken);
+        DateTime now = DateTime.UtcNow;
+        List<WorkerRecord> workers;
+        await using (ClusterDbContext db = cli.Database.CreateDbContext())
+        {
+            workers = await db.Workers.AsNoTracking().OrderBy(w => w.Id).ToListAsync(cancellationToken);
+        }
+        var rows = workers
+            .Select(w => new
+            {
+                id = w.Id,
+                host = w.Host,
+                device = w.Device,
+                version = w.Version,
+                // "Lost" is derived from silence rather than stored: it needs no timer, and it heals by itself
+                // when the worker's next heartbeat arrives.
+                status = w.Status == WorkerStatus.Stopped ? "stopped"
+                    : now - w.LastHeartbeat > TimeSpan.FromSeconds(settings.LostAfterSeconds) ? "lost" : "alive",
+                lastHeartbeat = w.LastHeartbeat,
+                secondsSinceHeartbeat = Math.Round((now - w.LastHeartbeat).TotalSeconds, 1),
+                currentJob = w.CurrentJob,
+                imagesPerSecond = w.ImagesPerSecond,
+            })
+            .Where(w => settings.All || w.status == "alive")
+            .ToList();
+
+        CliOutput.Write(settings, rows, () =>
+        {
+            if (rows.Count == 0)
+            {
+                AnsiConsole.MarkupLine(settings.All
+                    ? "[yellow]No worker has ever reported.[/] Start one with `gpu-worker --device cpu` (and `coordinator serve`)."
+                    : "[yellow]No live workers.[/] (`--all` lists stopped and lost ones.)");
+                return;
+            }
+            var table = new Table().Border(TableBorder.Rounded)
+                .AddColumns("worker", "host", "device", "version", "status", "last heartbeat", "current job", "images/s");
+            foreach (var w in rows)
+            {
+                string status = w.status switch { "alive" => "[green]alive[/]", "lost" => "[red]lost[/]", _ => "[grey]stopped[/]" };
+                table.AddRow(
+                    new Text(w.id), new Text(w.host), new Text(w.device), new Text(w.version), new Markup(status),
+                    new Text($"{w.secondsSinceHeartbeat:F0} s ago"), new Text(w.currentJob ?? "-"),
+                    new Text(w.imagesPerSecond is double ips ? ips.ToString("F1", System.Globalization.CultureInfo.InvariantCulture) : "-"));
+            }
+            AnsiConsole.Write(table);
+        });
+        return 0;
+    }
+}

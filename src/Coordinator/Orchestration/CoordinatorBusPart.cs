@@ -1,0 +1,31 @@
+using Cluster.Contracts;
+using Cluster.Hosting;
+using MassTransit;
+using Microsoft.EntityFrameworkCore;
+
+namespace Cluster.Coordinator.Orchestration;
+
+/// <summary>The coordinator service's side of the bus: one queue for the events workers publish.</summary>
+public sealed class CoordinatorBusPart : IClusterBusPart
+{
+    public void Register(IBusRegistrationConfigurator bus)
+    {
+        bus.AddConsumer<WorkerRegistryConsumer>();
+    }
+
+    public void ConfigureEndpoints(IBusRegistrationContext context, IBusFactoryConfigurator bus)
+    {
+        bus.ReceiveEndpoint(QueueNames.Coordinator, e =>
+        {
+            // One event at a time: the coordinator is the single writer of cluster state, and ordered,
+            // sequential updates keep that state simple to reason about. A lost race on an insert retries.
+            e.ConcurrentMessageLimit = 1;
+            e.UseMessageRetry(r =>
+            {
+                r.Handle<DbUpdateException>();
+                r.Intervals(100, 500, 2000);
+            });
+            e.ConfigureConsumer<WorkerRegistryConsumer>(context);
+        });
+    }
+}
