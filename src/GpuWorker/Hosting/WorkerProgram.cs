@@ -53,9 +53,10 @@ public static class WorkerProgram
             });
             builder.Configuration.AddCommandLine(configArgs, s_switches);
 
-            ClusterRuntimeSettings settings = ClusterSettingsResolver.Resolve(builder.Configuration, RuntimeMode.Cluster);
+            // The device first: `--device cuda` on a CPU build is the first thing the user should hear about.
             WorkerOptions options = builder.Configuration.GetSection(WorkerOptions.SectionName).Get<WorkerOptions>() ?? new WorkerOptions();
             TorchDevice device = TorchDevice.Resolve(options.Device);
+            ClusterRuntimeSettings settings = ClusterSettingsResolver.Resolve(builder.Configuration, RuntimeMode.Cluster);
             bool json = builder.Configuration.GetValue("Logging:Json", true);
 
             builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(45));
