@@ -97,7 +97,7 @@ public static class ConnectivityCheck
             {
                 return;
             }
-            logger.LogWarning("{Problem}; retrying in {DelaySeconds:F0} s", problem, delay.TotalSeconds);
+            logger.LogWarning("{Problem:l}; retrying in {DelaySeconds:F0} s", problem, delay.TotalSeconds);
             await Task.Delay(delay, cancellationToken);
             delay = TimeSpan.FromSeconds(Math.Min(30, delay.TotalSeconds * 2));
         }

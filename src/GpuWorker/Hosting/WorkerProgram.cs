@@ -69,8 +69,13 @@ public static class WorkerProgram
 
             using IHost host = builder.Build();
             using var untilSignal = new CancellationTokenSource();
-            using PosixSignalRegistration onTerm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => untilSignal.Cancel());
-            using PosixSignalRegistration onInt = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => untilSignal.Cancel());
+            void StopWaiting(PosixSignalContext signal)
+            {
+                signal.Cancel = true;
+                untilSignal.Cancel();
+            }
+            using PosixSignalRegistration onTerm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, StopWaiting);
+            using PosixSignalRegistration onInt = PosixSignalRegistration.Create(PosixSignal.SIGINT, StopWaiting);
             var log = Log.ForContext("SourceContext", "gpu-worker");
             log.Information("Worker on {Device} (libtorch {TorchVersion}); waiting for {Broker} and {Database}",
                 device.Name, TorchSharp.torch.__version__, settings.RabbitMq.Describe(), host.Services.GetRequiredService<Cluster.Storage.Database.ClusterDbContextFactory>().Describe());

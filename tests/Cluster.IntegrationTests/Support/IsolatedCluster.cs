@@ -1,0 +1,134 @@
+using System.Net.Http.Headers;
+using System.Net.Http.Json;
+using System.Text;
+using System.Text.Json;
+using Cluster.Storage.Database;
+using Npgsql;
+
+namespace Cluster.IntegrationTests.Support;
+
+/// <summary>
+/// One test's own slice of the servers: a RabbitMQ virtual host, a PostgreSQL database and a storage folder,
+/// created fresh and removed afterwards, so tests never see each other's queues, rows or files.
+/// </summary>
+public sealed class IsolatedCluster : IAsyncDisposable
+{
+    private static readonly HttpClient s_management = CreateManagementClient();
+    private readonly List<ClusterProcess> _processes = [];
+
+    private IsolatedCluster(string name)
+    {
+        Name = name;
+        StorageRoot = Path.Combine(Path.GetTempPath(), name);
+        Directory.CreateDirectory(StorageRoot);
+        DatabaseConnectionString = new NpgsqlConnectionStringBuilder(TestServers.PostgresAdmin) { Database = name, Pooling = false }.ConnectionString;
+        Environment = new Dictionary<string, string>
+        {
+            ["Cluster__Mode"] = "cluster",
+            ["Cluster__StorageRoot"] = StorageRoot,
+            ["RabbitMq__Host"] = TestServers.RabbitHost,
+            ["RabbitMq__Port"] = TestServers.RabbitPort.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["RabbitMq__VirtualHost"] = name,
+            ["RabbitMq__Username"] = TestServers.RabbitUser,
+            ["RabbitMq__Password"] = TestServers.RabbitPassword,
+            ["Database__ConnectionString"] = DatabaseConnectionString,
+            // Fast heartbeats keep the tests short; the production default is 5 s.
+            ["Worker__HeartbeatSeconds"] = "1",
+            ["Worker__TorchThreads"] = "1",
+            ["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1",
+        };
+    }
+
+    /// <summary>Used as the virtual host, the database and the storage folder name.</summary>
+    public string Name { get; }
+
+    public string StorageRoot { get; }
+
+    public string DatabaseConnectionString { get; }
+
+    /// <summary>Environment variables that point a child process at this slice.</summary>
+    public Dictionary<string, string> Environment { get; }
+
+    public static async Task<IsolatedCluster> CreateAsync()
+    {
+        var cluster = new IsolatedCluster("it_" + Guid.NewGuid().ToString("N")[..12]);
+        string vhost = Uri.EscapeDataString(cluster.Name);
+        (await s_management.PutAsync($"api/vhosts/{vhost}", Json("{}"))).EnsureSuccessStatusCode();
+        (await s_management.PutAsync($"api/permissions/{vhost}/{Uri.EscapeDataString(TestServers.RabbitUser)}",
+            Json("""{"configure":".*","write":".*","read":".*"}"""))).EnsureSuccessStatusCode();
+        await using var admin = new NpgsqlConnection(TestServers.PostgresAdmin);
+        await admin.OpenAsync();
+        await using var create = new NpgsqlCommand($"CREATE DATABASE \"{cluster.Name}\"", admin);
+        await create.ExecuteNonQueryAsync();
+        return cluster;
+    }
+
+    public ClusterProcess Coordinator(params string[] args) => Track(ClusterProcess.Coordinator(this, args));
+
+    public ClusterProcess Worker(params string[] args) => Track(ClusterProcess.Worker(this, args));
+
+    /// <summary>Runs a coordinator command to completion; returns it for its exit code and output.</summary>
+    public async Task<(int ExitCode, ClusterProcess Process)> RunCoordinatorAsync(TimeSpan timeout, params string[] args)
+    {
+        ClusterProcess process = Coordinator(args);
+        int code = await process.WaitForExitAsync(timeout);
+        return (code, process);
+    }
+
+    public ClusterDbContext Database() => new ClusterDbContextFactory(DatabaseProvider.Postgres, DatabaseConnectionString).CreateDbContext();
+
+    /// <summary>A queue's message counts from the management API, or null when the queue does not exist.</summary>
+    public async Task<QueueCounts?> QueueAsync(string queue)
+    {
+        using HttpResponseMessage response = await s_management.GetAsync($"api/queues/{Uri.EscapeDataString(Name)}/{Uri.EscapeDataString(queue)}");
+        if (response.StatusCode == System.Net.HttpStatusCode.NotFound)
+        {
+            return null;
+        }
+        response.EnsureSuccessStatusCode();
+        using JsonDocument json = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
+        int Count(string name) => json.RootElement.TryGetProperty(name, out JsonElement e) && e.ValueKind == JsonValueKind.Number ? e.GetInt32() : 0;
+        return new QueueCounts(Count("messages_ready"), Count("messages_unacknowledged"), Count("consumers"));
+    }
+
+    public string DescribeProcesses() => string.Join("\n", _processes.Select(p => p.Describe()));
+
+    public async ValueTask DisposeAsync()
+    {
+        foreach (ClusterProcess process in _processes)
+        {
+            await process.DisposeAsync();
+        }
+        try
+        {
+            await s_management.DeleteAsync($"api/vhosts/{Uri.EscapeDataString(Name)}");
+            await using var admin = new NpgsqlConnection(TestServers.PostgresAdmin);
+            await admin.OpenAsync();
+            await using var drop = new NpgsqlCommand($"DROP DATABASE IF EXISTS \"{Name}\" WITH (FORCE)", admin);
+            await drop.ExecuteNonQueryAsync();
+        }
+        finally
+        {
+            NpgsqlConnection.ClearAllPools();
+            Directory.Delete(StorageRoot, recursive: true);
+        }
+    }
+
+    private ClusterProcess Track(ClusterProcess process)
+    {
+        _processes.Add(process);
+        return process;
+    }
+
+    private static StringContent Json(string body) => new(body, Encoding.UTF8, "application/json");
+
+    private static HttpClient CreateManagementClient()
+    {
+        var client = new HttpClient { BaseAddress = new Uri($"http://{TestServers.RabbitHost}:{TestServers.RabbitManagementPort}/"), Timeout = TimeSpan.FromSeconds(30) };
+        client.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Basic",
+            Convert.ToBase64String(Encoding.UTF8.GetBytes($"{TestServers.RabbitUser}:{TestServers.RabbitPassword}")));
+        return client;
+    }
+}
+
+public sealed record QueueCounts(int Ready, int Unacknowledged, int Consumers);

@@ -1,0 +1,63 @@
+using System.Text.Json;
+using Cluster.IntegrationTests.Support;
+using Cluster.Storage.Database.Entities;
+using Microsoft.EntityFrameworkCore;
+using Shouldly;
+
+namespace Cluster.IntegrationTests;
+
+public sealed class WorkersCommandTests : IAsyncLifetime
+{
+    private static readonly TimeSpan s_deadline = TimeSpan.FromMinutes(3);
+    private IsolatedCluster _cluster = null!;
+
+    public async Task InitializeAsync() => _cluster = await IsolatedCluster.CreateAsync();
+
+    public async Task DisposeAsync() => await _cluster.DisposeAsync();
+
+    private async Task<WorkerRecord?> Recorded(string id)
+    {
+        await using var db = _cluster.Database();
+        try
+        {
+            return await db.Workers.AsNoTracking().SingleOrDefaultAsync(w => w.Id == id);
+        }
+        catch (Npgsql.PostgresException e) when (e.SqlState == "42P01")
+        {
+            return null; // `serve` has not created the schema yet.
+        }
+    }
+
+    [Fact]
+    public async Task Serve_records_worker_heartbeats_and_workers_lists_live_then_stopped_workers()
+    {
+        ClusterProcess serve = _cluster.Coordinator("serve", "--cluster");
+        string workerId = "listed-" + _cluster.Name;
+        ClusterProcess worker = _cluster.Worker("--device", "cpu", "--id", workerId);
+
+        await Eventually.WaitAsync(async () => (await Recorded(workerId))?.Status == WorkerStatus.Alive, s_deadline, "the worker's heartbeat to be recorded");
+        (int code, ClusterProcess list) = await _cluster.RunCoordinatorAsync(s_deadline, "workers", "--cluster", "--format", "json");
+
+        code.ShouldBe(0, list.Describe());
+        using (JsonDocument live = JsonDocument.Parse(list.StandardOutput))
+        {
+            JsonElement listed = live.RootElement.EnumerateArray().Single(w => w.GetProperty("id").GetString() == workerId);
+            listed.GetProperty("status").GetString().ShouldBe("alive");
+            listed.GetProperty("device").GetString().ShouldBe("cpu");
+        }
+
+        worker.Terminate();
+        (await worker.WaitForExitAsync(s_deadline)).ShouldBe(0, worker.Describe());
+        await Eventually.WaitAsync(async () => (await Recorded(workerId))?.Status == WorkerStatus.Stopped, s_deadline, "the worker to be recorded as stopped");
+        (code, list) = await _cluster.RunCoordinatorAsync(s_deadline, "workers", "--cluster", "--all", "--format", "json");
+
+        code.ShouldBe(0, list.Describe());
+        using (JsonDocument all = JsonDocument.Parse(list.StandardOutput))
+        {
+            all.RootElement.EnumerateArray().Single(w => w.GetProperty("id").GetString() == workerId)
+                .GetProperty("status").GetString().ShouldBe("stopped");
+        }
+        serve.Terminate();
+        (await serve.WaitForExitAsync(s_deadline)).ShouldBe(0, serve.Describe());
+    }
+}
