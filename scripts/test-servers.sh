@@ -27,9 +27,14 @@
 #               DELETE http://127.0.0.1:$MGMT/api/vhosts/{vhost}
 #   PostgreSQL: CREATE DATABASE x; ... DROP DATABASE x WITH (FORCE);
 #
+# Start-up: own epmd (own port), RabbitMQ node (own name, cookie, AMQP/management/distribution ports)
+# and PostgreSQL (initdb -A trust -U postgres, pg_ctl -w) in a mktemp -d folder; a start that fails
+# cleans up after itself and prints the servers' logs. Stop: `pg_ctl -m immediate`, then SIGKILL to
+# every process whose working directory lies in the folder, then the folder is removed.
+#
 # Requirements: Debian 12. As root, missing packages are installed with apt-get and the servers run as
 # the `rabbitmq` and `postgres` users; as another user the packages must already be installed and the
-# servers run as that user.
+# servers run as that user. $TMPDIR (default /tmp) must be reachable by the rabbitmq and postgres users.
 
 _CTS_SCRIPT="$(readlink -f "${BASH_SOURCE[0]}")"
 
@@ -77,10 +82,20 @@ pg_bindir() {
     done | sort -V | tail -n 1
 }
 
+# True when Debian package $1 is fully installed (not merely unpacked by an apt run still going on).
+pkg_installed() {
+    [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]
+}
+
 missing_packages() {
-    local missing=()
-    [[ -x "$RABBITMQ_SBIN/rabbitmq-server" ]] || missing+=(rabbitmq-server)
-    [[ -n "$(pg_bindir)" ]] || missing+=(postgresql)
+    local missing=() bindir
+    if [[ ! -x "$RABBITMQ_SBIN/rabbitmq-server" ]] || ! pkg_installed rabbitmq-server; then
+        missing+=(rabbitmq-server)
+    fi
+    bindir="$(pg_bindir)"
+    if [[ -z "$bindir" ]] || ! pkg_installed "postgresql-$(basename "$(dirname "$bindir")")"; then
+        missing+=(postgresql)
+    fi
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
     printf '%s\n' "${missing[@]}"
@@ -108,10 +123,10 @@ install_packages() {
         fi
         trap '[[ $created_policy == 1 ]] && rm -f /usr/sbin/policy-rc.d' EXIT
         export DEBIAN_FRONTEND=noninteractive
-        local_try=1
+        try=1
         until apt_get update -qq >&2; do
-            (( local_try++ < 5 )) || exit 1
-            log "apt-get update failed (lock held?); retrying"
+            ((try++ < 36)) || exit 1
+            log "apt-get update failed (lock held by another apt run?); retrying in 5 s"
             sleep 5
         done
         apt_get install -y -qq --no-install-recommends "${pkgs[@]}" >&2
@@ -191,6 +206,10 @@ as_user_prefix() {
     fi
 }
 
+# The servers get a clean environment: nothing of the caller's (PGPORT, PGDATA, RABBITMQ_*, ERL_*)
+# leaks into them; each gets what it needs explicitly.
+CLEAN_ENV="env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 LC_ALL=C.UTF-8"
+
 # start_detached SIDFILE LOG CMD...: starts CMD in a new session, detached; writes the session id
 # (= the pid of its leader, = its process group) to SIDFILE.
 start_detached() {
@@ -218,7 +237,7 @@ cmd_start() {
     t_installed=$(now_ms)
 
     if [[ -z "$dir" ]]; then
-        dir="$(mktemp -d "${TMPDIR:-/tmp}/cluster-test-servers.XXXXXX")"
+        dir="$(readlink -f "$(mktemp -d "${TMPDIR:-/tmp}/cluster-test-servers.XXXXXX")")"
     else
         [[ -d "$dir" ]] || die "state folder $dir does not exist"
         [[ -z "$(ls -A "$dir")" ]] || die "state folder $dir is not empty"
@@ -259,6 +278,8 @@ management.tcp.port = $mgmt_port
 loopback_users.guest = true
 log.console = false
 log.file.level = info
+# Queue counts in the management API (which the tests read) refresh every 0.5 s instead of 5 s.
+collect_statistics_interval = 500
 EOF
     # Everything the node and its CLI tools need, in one file (sourced by the wrappers below).
     local erl_args="-kernel inet_dist_use_interface {127,0,0,1} +sbwt none +sbwtdcpu none +sbwtdio none"
@@ -290,12 +311,12 @@ EOF
 #!/usr/bin/env bash
 # $tool bound to the throwaway node $node
 set -euo pipefail
-. $(printf %q "$rdir/node.env")
 cd $(printf %q "$rdir")
+prefix=()
 if [[ "\$(id -u)" == 0 && "$rmq_user" != root ]]; then
-    exec setpriv --reuid=$rmq_user --regid=$rmq_user --init-groups $RABBITMQ_SBIN/$tool "\$@"
+    prefix=(setpriv --reuid=$rmq_user --regid=$rmq_user --init-groups)
 fi
-exec $RABBITMQ_SBIN/$tool "\$@"
+exec "\${prefix[@]}" $CLEAN_ENV sh -c '. ./node.env; exec "\$0" "\$@"' $RABBITMQ_SBIN/$tool "\$@"
 EOF
         chmod 755 "$dir/bin/$tool"
     done
@@ -308,12 +329,12 @@ EOF
     pg_as="$(as_user_prefix "$pg_user")"
     # shellcheck disable=SC2086
     (cd "$rdir" && start_detached "$dir/epmd.sid" "$rdir/log/epmd.log" \
-        $rmq_as env ERL_EPMD_ADDRESS=127.0.0.1 epmd -address 127.0.0.1 -port "$epmd_port" -relaxed_command_check)
+        $rmq_as $CLEAN_ENV ERL_EPMD_ADDRESS=127.0.0.1 epmd -address 127.0.0.1 -port "$epmd_port" -relaxed_command_check)
     wait_for "epmd on port $epmd_port" 20 "$dir/epmd.sid" port_in_use "$epmd_port"
 
     # shellcheck disable=SC2086
     (cd "$rdir" && start_detached "$dir/rabbitmq.sid" "$rdir/log/stdout.log" \
-        $rmq_as sh -c '. ./node.env; exec '"$RABBITMQ_SBIN"'/rabbitmq-server')
+        $rmq_as $CLEAN_ENV sh -c '. ./node.env; exec '"$RABBITMQ_SBIN"'/rabbitmq-server')
 
     # ---- PostgreSQL (started while RabbitMQ boots) ----
     local pdir="$dir/postgres" bindir
@@ -322,7 +343,7 @@ EOF
     chown -R "$pg_user:" "$pdir"
     chmod 700 "$pdir/data"
     # shellcheck disable=SC2086
-    (cd "$pdir" && $pg_as env HOME="$pdir" "$bindir/initdb" -D "$pdir/data" -A trust -U postgres \
+    (cd "$pdir" && $pg_as $CLEAN_ENV HOME="$pdir" "$bindir/initdb" -D "$pdir/data" -A trust -U postgres \
         -E UTF8 --locale=C --no-sync --no-instructions >"$pdir/initdb.log" 2>&1) ||
         { cat "$pdir/initdb.log" >&2; die "initdb failed"; }
     cat >>"$pdir/data/postgresql.conf" <<EOF
@@ -339,7 +360,7 @@ logging_collector = off
 EOF
     # pg_ctl detaches the postmaster into its own session (no ^C from our terminal reaches it).
     # shellcheck disable=SC2086
-    (cd "$pdir" && $pg_as env HOME="$pdir" "$bindir/pg_ctl" -D "$pdir/data" -l "$pdir/postgres.log" \
+    (cd "$pdir" && $pg_as $CLEAN_ENV HOME="$pdir" "$bindir/pg_ctl" -D "$pdir/data" -l "$pdir/postgres.log" \
         -w -t 60 start </dev/null >"$pdir/pg_ctl.log" 2>&1) ||
         { cat "$pdir/pg_ctl.log" "$pdir/postgres.log" >&2 2>/dev/null || true; die "PostgreSQL did not start"; }
     "$bindir/pg_isready" -q -h 127.0.0.1 -p "$pg_port" -U postgres -t 10 ||
@@ -428,7 +449,7 @@ cmd_stop() {
         local pg_user=postgres
         [[ "$(id -u)" != 0 ]] && pg_user="$(id -un)"
         # shellcheck disable=SC2046
-        (cd "$dir/postgres" && $(as_user_prefix "$pg_user") env HOME="$dir/postgres" "$bindir/pg_ctl" \
+        (cd "$dir/postgres" && $(as_user_prefix "$pg_user") $CLEAN_ENV HOME="$dir/postgres" "$bindir/pg_ctl" \
             -D "$dir/postgres/data" -m immediate -w -t 10 stop >/dev/null 2>&1)
     fi
     # RabbitMQ, epmd and any PostgreSQL leftovers: SIGKILL. The data is thrown away, and a clean

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The one command that runs every test: starts throwaway RabbitMQ and PostgreSQL servers on 127.0.0.1
+# (scripts/test-servers.sh), runs `dotnet test Cluster.sln -c Release "$@"`, stops the servers on every
+# exit path, and exits with dotnet test's exit code.
+#
+#   scripts/test.sh                                   # everything
+#   scripts/test.sh --filter "FullyQualifiedName~Foo"  # extra arguments go to dotnet test
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)"
+cd "$repo_root"
+
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
+
+if ! command -v dotnet >/dev/null 2>&1; then
+    for d in "${DOTNET_ROOT:-}" "$HOME/.dotnet" /usr/share/dotnet /usr/lib/dotnet /opt/dotnet; do
+        if [[ -n "$d" && -x "$d/dotnet" ]]; then
+            export PATH="$d:$PATH" DOTNET_ROOT="$d"
+            break
+        fi
+    done
+fi
+command -v dotnet >/dev/null 2>&1 || { echo "test.sh: dotnet (the .NET 10 SDK) is not on PATH" >&2; exit 1; }
+
+# The servers' folder is created here, before anything starts, so that the EXIT trap can always find
+# and remove whatever got started, however far start-up got.
+servers_dir="$(mktemp -d "${TMPDIR:-/tmp}/cluster-test-servers.XXXXXX")"
+test_pid=""
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ -n "$test_pid" ]] && kill -0 "$test_pid" 2>/dev/null; then
+        kill -TERM "$test_pid" 2>/dev/null || true
+        wait "$test_pid" 2>/dev/null || true
+    fi
+    bash scripts/test-servers.sh stop "$servers_dir" || true
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+start_ms=$(date +%s%3N)
+server_env="$(bash scripts/test-servers.sh start "$servers_dir")"
+eval "$server_env"
+pg_port="${CLUSTER_TEST_POSTGRES#*Port=}"
+echo "test servers up in $(($(date +%s%3N) - start_ms)) ms:" \
+    "RabbitMQ 127.0.0.1:$CLUSTER_TEST_RABBITMQ_PORT (management :$CLUSTER_TEST_RABBITMQ_MANAGEMENT_PORT)," \
+    "PostgreSQL 127.0.0.1:${pg_port%%;*}, folder $CLUSTER_TEST_SERVERS_DIR"
+
+# Started in the background so that INT/TERM interrupt `wait` at once; cleanup() then stops dotnet
+# test before the servers. stdin is /dev/null either way (CI has none).
+dotnet test Cluster.sln -c Release "$@" </dev/null &
+test_pid=$!
+rc=0
+wait "$test_pid" || rc=$?
+test_pid=""
+exit "$rc"
