@@ -51,9 +51,18 @@ echo "test servers up in $(($(date +%s%3N) - start_ms)) ms:" \
 
 # Started in the background so that INT/TERM interrupt `wait` at once; cleanup() then stops dotnet
 # test before the servers. stdin is /dev/null either way (CI has none).
-dotnet test Cluster.sln -c Release "$@" </dev/null &
+test_log="$servers_dir/dotnet-test.log"
+dotnet test Cluster.sln -c Release "$@" </dev/null >"$test_log" 2>&1 &
 test_pid=$!
+# Streams the log while dotnet test runs; ends by itself once dotnet test has exited and the log is drained.
+tail -n +1 -f --pid="$test_pid" "$test_log" &
+tail_pid=$!
 rc=0
 wait "$test_pid" || rc=$?
 test_pid=""
+wait "$tail_pid" || true
+# One closing line over all test projects ("N passed, N failed"), from dotnet test's per-project summaries.
+awk '/(Passed|Failed)! +- +Failed: +[0-9]+, +Passed: +[0-9]+/ {
+        gsub(",", ""); for (i = 1; i <= NF; i++) { if ($i == "Failed:") f += $(i + 1); if ($i == "Passed:") p += $(i + 1); if ($i == "Skipped:") s += $(i + 1) }
+     } END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$test_log"
 exit "$rc"
