@@ -1,0 +1,132 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Cluster.GpuWorker.Models;
+
+/// <summary>One step of a backbone's forward pass; its name is a tap (a place to extract features or freeze up to).</summary>
+/// <param name="Name">The torchvision module path of the step (`layer3.1`, `features.26`, `avgpool`).</param>
+/// <param name="Module">The module the step runs, or null for a parameter-free function (flatten, global pooling).</param>
+public sealed record BackboneStep(string Name, nn.Module? Module, Func<Tensor, Tensor> Run, bool IsClassifier = false);
+
+/// <summary>
+/// A CNN as an ordered list of named steps, so it can run to any tap (feature extraction, the frozen prefix)
+/// or from any tap to the end (training the unfrozen suffix on cached activations). It registers the source
+/// model's children under their own names, so its state_dict keys are exactly torchvision's: weights saved
+/// from PyTorch load without renaming.
+/// </summary>
+public sealed class Backbone : nn.Module<Tensor, Tensor>
+{
+    private readonly List<BackboneStep> _steps;
+    private readonly Dictionary<string, int> _stepIndex;
+    private readonly Dictionary<string, string> _aliases;
+
+    internal Backbone(
+        string name,
+        IEnumerable<(string Name, nn.Module Module)> children,
+        IReadOnlyList<BackboneStep> steps,
+        IReadOnlyDictionary<string, string> aliases,
+        bool includeTop)
+        : base(name)
+    {
+        foreach ((string childName, nn.Module module) in children)
+        {
+            register_module(childName, module);
+        }
+        _steps = steps.ToList();
+        _stepIndex = _steps.Select((s, i) => (s.Name, i)).ToDictionary(x => x.Name, x => x.i, StringComparer.Ordinal);
+        _aliases = new Dictionary<string, string>(aliases, StringComparer.Ordinal);
+        IncludeTop = includeTop;
+    }
+
+    /// <summary>False when built without its classifier (Keras' include_top=False): it ends at the global pool.</summary>
+    public bool IncludeTop { get; }
+
+    public IReadOnlyList<BackboneStep> Steps => _steps;
+
+    /// <summary>Alternative tap names users know (Keras `block4_pool`, ResNet `conv4_x`) → step names.</summary>
+    public IReadOnlyDictionary<string, string> Aliases => _aliases;
+
+    /// <summary>Every name `ResolveTap` accepts: step names and aliases.</summary>
+    public IEnumerable<string> TapNames => _steps.Select(s => s.Name).Concat(_aliases.Keys);
+
+    public override Tensor forward(Tensor input) => Run(input, 0, _steps.Count);
+
+    /// <summary>Runs the steps up to and including <paramref name="tap"/>.</summary>
+    public Tensor ForwardTo(Tensor input, string tap) => Run(input, 0, ResolveTap(tap) + 1);
+
+    /// <summary>Runs the steps after <paramref name="tap"/> on that tap's activations.</summary>
+    /// <remarks> The first step may be an in-place ReLU (torchvision's VGG and AlexNet use them): it runs on a copy, so
+    /// cached activations passed in are never changed.
+    /// </remarks>
+    public Tensor ForwardFrom(Tensor activations, string tap)
+    {
+        using Tensor copy = activations.clone();
+        return Run(copy, ResolveTap(tap) + 1, _steps.Count);
+    }
+
+    /// <summary>The index of the step a tap name or alias designates; unknown names list the closest valid ones.</summary>
+    public int ResolveTap(string tap)
+    {
+        if (_stepIndex.TryGetValue(tap, out int index))
+        {
+            return index;
+        }
+        if (_aliases.TryGetValue(tap, out string? step))
+        {
+            return _stepIndex[step];
+        }
+        throw new UnknownNameException("layer", tap, $"architecture '{GetName()}'", TapNames);
+    }
+
+    /// <summary>Parameters of the steps up to and including the tap: what a cutoff there freezes.</summary>
+    public long ParametersUpTo(string tap)
+    {
+        int last = ResolveTap(tap);
+        return _steps.Take(last + 1).Where(s => s.Module is not null).Sum(s => CountParameters(s.Module!));
+    }
+
+    public static long CountParameters(nn.Module module) => module.parameters().Sum(p => p.numel());
+
+    /// <summary>
+    /// Runs one zero image of <paramref name="inputSize"/> through every step (eval mode, no gradients) and
+    /// returns each step's output shape per image, e.g. [512, 7, 7].
+    /// </summary>
+    public IReadOnlyList<(BackboneStep Step, long[] Shape)> TraceShapes(int inputSize)
+    {
+        bool wasTraining = training;
+        eval();
+        try
+        {
+            using var scope = NewDisposeScope();
+            using var noGrad = no_grad();
+            var shapes = new List<(BackboneStep, long[])>(_steps.Count);
+            Tensor x = zeros(1, 3, inputSize, inputSize);
+            foreach (BackboneStep step in _steps)
+            {
+                x = step.Run(x);
+                shapes.Add((step, x.shape[1..]));
+            }
+            return shapes;
+        }
+        finally
+        {
+            train(wasTraining);
+        }
+    }
+
+    private Tensor Run(Tensor input, int from, int to)
+    {
+        Tensor x = input;
+        for (int i = from; i < to; i++)
+        {
+            Tensor next = _steps[i].Run(x);
+            // Intermediate activations die as soon as the next step has them; the caller owns input and result.
+            if (!ReferenceEquals(x, input) && !ReferenceEquals(x, next))
+            {
+                x.Dispose();
+            }
+            x = next;
+        }
+        return ReferenceEquals(x, input) ? x.alias() : x;
+    }
+}
