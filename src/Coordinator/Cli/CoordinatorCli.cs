@@ -78,6 +78,13 @@ public static class CoordinatorCli
                 .WithDescription("Run the coordinator service (records worker heartbeats; later: plans and schedules sweeps).");
             c.AddCommand<WorkersCommand>("workers")
                 .WithDescription("List live workers from their heartbeats.");
+            c.AddBranch("models", models =>
+            {
+                models.SetDescription("Architectures, weights sources and taps.");
+                models.AddCommand<ModelsListCommand>("list").WithDescription("Every architecture: input size, preprocessing, parameters, default tap.");
+                models.AddCommand<ModelsLayersCommand>("layers").WithDescription("An architecture's taps with output shapes and what a cutoff there freezes.")
+                    .WithExample("models", "layers", "vgg19");
+            });
             c.AddBranch("config", config =>
             {
                 config.SetDescription("Configuration.");

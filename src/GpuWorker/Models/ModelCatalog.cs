@@ -21,7 +21,8 @@ public static class ModelCatalog
 
     private static IReadOnlyList<ArchitectureInfo> CreateAll()
     {
-        const string fromFile = "random init, or --weights FILE (safetensors, PyTorch .pt/.pth state_dict, TorchSharp)";
+        // Formats for --weights: safetensors, PyTorch .pt/.pth state_dict, TorchSharp (docs/weights.md).
+        const string fromFile = "random or --weights FILE";
         var all = new List<ArchitectureInfo>();
         foreach ((string name, long parameters, Func<int, ResNet> build, int[] blocks) in new (string, long, Func<int, ResNet>, int[])[]
         {

@@ -1,0 +1,123 @@
+using System.ComponentModel;
+using System.Globalization;
+using Cluster.GpuWorker.Models;
+using Spectre.Console;
+using Spectre.Console.Cli;
+
+namespace Cluster.Coordinator.Cli.Commands;
+
+/// <summary>`coordinator models list`: every architecture with its input, preprocessing, size and default tap.</summary>
+public sealed class ModelsListCommand : Command<GlobalSettings>
+{
+    public override int Execute(CommandContext context, GlobalSettings settings, CancellationToken cancellationToken)
+    {
+        var rows = ModelCatalog.All.Select(a => new
+        {
+            name = a.Name,
+            family = a.Family,
+            inputSize = a.InputSize,
+            preprocessing = a.Preprocessing.Name,
+            parameters = a.ParameterCount,
+            defaultTap = a.DefaultTap,
+            weights = a.WeightsSource,
+            description = a.Description,
+        }).ToList();
+        CliOutput.Write(settings, rows, () =>
+        {
+            var table = new Table().Border(TableBorder.Rounded)
+                .AddColumns("architecture", "input", "preprocessing", "parameters", "default tap", "weights");
+            foreach (var r in rows)
+            {
+                table.AddRow(r.name, $"{r.inputSize}x{r.inputSize}", r.preprocessing, Millions(r.parameters), r.defaultTap, r.weights);
+            }
+            AnsiConsole.Write(table);
+            AnsiConsole.MarkupLine("[grey]`coordinator models layers ARCH` lists an architecture's taps with their output shapes.[/]");
+        });
+        return 0;
+    }
+
+    internal static string Millions(long count) => (count / 1e6).ToString("F1", CultureInfo.InvariantCulture) + "M";
+}
+
+public sealed class ModelsLayersSettings : GlobalSettings
+{
+    [CommandArgument(0, "<ARCH>")]
+    [Description("An architecture from `coordinator models list`.")]
+    public string Architecture { get; init; } = "";
+}
+
+/// <summary>
+/// `coordinator models layers ARCH`: every tap (step and alias) with its output shape at the native input size
+/// and how many parameters a freeze cutoff there freezes.
+/// </summary>
+public sealed class ModelsLayersCommand : Command<ModelsLayersSettings>
+{
+    public override int Execute(CommandContext context, ModelsLayersSettings settings, CancellationToken cancellationToken)
+    {
+        ArchitectureInfo info;
+        try
+        {
+            info = ModelCatalog.Find(settings.Architecture);
+        }
+        catch (UnknownNameException e)
+        {
+            throw e.AsConfigurationError();
+        }
+        using Backbone model = info.Build();
+        long total = Backbone.CountParameters(model);
+        var aliasesByStep = model.Aliases.GroupBy(a => a.Value).ToDictionary(g => g.Key, g => g.Select(a => a.Key).Order(StringComparer.Ordinal).ToList());
+        long frozen = 0;
+        var rows = new List<LayerRow>();
+        foreach ((BackboneStep step, long[] shape) in model.TraceShapes(info.InputSize))
+        {
+            long own = step.Module is null ? 0 : Backbone.CountParameters(step.Module);
+            frozen += own;
+            rows.Add(new LayerRow(step.Name, aliasesByStep.GetValueOrDefault(step.Name, []), step.Module?.GetType().Name ?? "function",
+                shape, own, frozen, step.IsClassifier));
+        }
+        string defaultStep = model.Steps[model.ResolveTap(info.DefaultTap)].Name;
+        CliOutput.Write(settings, new
+        {
+            architecture = info.Name,
+            inputSize = info.InputSize,
+            parameters = total,
+            defaultTap = info.DefaultTap,
+            taps = rows.Select(r => new
+            {
+                name = r.Name,
+                aliases = r.Aliases,
+                module = r.Module,
+                outputShape = r.Shape,
+                parameters = r.Parameters,
+                frozenAtCutoff = r.FrozenAtCutoff,
+                classifier = r.IsClassifier,
+                isDefault = r.Name == defaultStep,
+            }),
+        }, () =>
+        {
+            var table = new Table().Border(TableBorder.Rounded)
+                .Title($"{info.Name}: {info.InputSize}x{info.InputSize} input, {ModelsListCommand.Millions(total)} parameters")
+                .AddColumns("tap", "also known as", "module", "output shape", "params", "a cutoff here freezes");
+            foreach (LayerRow r in rows)
+            {
+                string name = r.Name == defaultStep ? $"[bold]{Markup.Escape(r.Name)}[/] (default)" : Markup.Escape(r.Name);
+                if (r.IsClassifier)
+                {
+                    name = $"[grey]{name}[/]";
+                }
+                table.AddRow(
+                    new Markup(name),
+                    new Text(string.Join(", ", r.Aliases)),
+                    new Text(r.Module),
+                    new Text("[" + string.Join(", ", r.Shape) + "]"),
+                    new Text(r.Parameters.ToString("N0", CultureInfo.InvariantCulture)),
+                    new Text($"{r.FrozenAtCutoff.ToString("N0", CultureInfo.InvariantCulture)} ({100.0 * r.FrozenAtCutoff / total:F1}%)"));
+            }
+            AnsiConsole.Write(table);
+        });
+        return 0;
+    }
+
+    private sealed record LayerRow(
+        string Name, List<string> Aliases, string Module, long[] Shape, long Parameters, long FrozenAtCutoff, bool IsClassifier);
+}
