@@ -29,6 +29,11 @@ public static class CoordinatorCli
             c.Cancel = true;
             cancel.Cancel();
         });
+        if (Console.IsOutputRedirected)
+        {
+            // Tables written to a file or a pipe are read later, not in an 80-column terminal: don't wrap them.
+            Spectre.Console.AnsiConsole.Profile.Width = 240;
+        }
         try
         {
             return await CreateApp().RunAsync(args, cancel.Token);

@@ -44,6 +44,7 @@ public sealed class ClusterProcess : IAsyncDisposable
         _process.OutputDataReceived += (_, e) => Append(e.Data, _stdout, _stdoutClosed);
         _process.ErrorDataReceived += (_, e) => Append(e.Data, _stderr, _stderrClosed);
         _process.Start();
+        Id = _process.Id;
         _process.StandardInput.Close();
         _process.BeginOutputReadLine();
         _process.BeginErrorReadLine();
@@ -51,7 +52,7 @@ public sealed class ClusterProcess : IAsyncDisposable
 
     public string CommandLine { get; }
 
-    public int Id => _process.Id;
+    public int Id { get; }
 
     public bool HasExited => _process.HasExited;
 
@@ -108,11 +109,11 @@ public sealed class ClusterProcess : IAsyncDisposable
     /// <summary>SIGTERM, as Kubernetes sends on pod termination.</summary>
     public void Terminate()
     {
-        using Process kill = Process.Start("kill", ["-TERM", _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+        using Process kill = Process.Start("kill", ["-TERM", Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
         kill.WaitForExit();
     }
 
-    public string Describe() => $"--- {CommandLine} (pid {_process.Id})\n--- stdout:\n{StandardOutput}\n--- stderr:\n{StandardError}";
+    public string Describe() => $"--- {CommandLine} (pid {Id})\n--- stdout:\n{StandardOutput}\n--- stderr:\n{StandardError}";
 
     public async ValueTask DisposeAsync()
     {

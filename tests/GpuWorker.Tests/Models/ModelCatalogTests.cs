@@ -161,3 +161,15 @@ public sealed class ModelCatalogTests
         error.Message.ShouldStartWith("unknown architecture 'resnet51' for this cluster; valid (closest first): resnet50");
     }
 }
+
+public sealed class ImageNetClassesTests
+{
+    [Fact]
+    public void The_thousand_imagenet_classes_are_in_head_order()
+    {
+        ImageNetClasses.Names.Count.ShouldBe(1000);
+        ImageNetClasses.Names[0].ShouldBe("tench");
+        ImageNetClasses.Names[281].ShouldBe("tabby");
+        ImageNetClasses.Names[999].ShouldBe("toilet tissue");
+    }
+}
