@@ -34,6 +34,7 @@ public abstract class ClusterDbContext : DbContext
         configurationBuilder.Properties<TrialStatus>().HaveConversion<string>().HaveMaxLength(32);
         configurationBuilder.Properties<SegmentStatus>().HaveConversion<string>().HaveMaxLength(32);
         configurationBuilder.Properties<WorkerStatus>().HaveConversion<string>().HaveMaxLength(32);
+        configurationBuilder.Properties<FeatureShardStatus>().HaveConversion<string>().HaveMaxLength(32);
     }
 
     protected override void OnModelCreating(ModelBuilder modelBuilder)

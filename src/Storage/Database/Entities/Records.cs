@@ -76,10 +76,23 @@ public sealed class FeatureSetRecord
     public DateTime? CompletedAt { get; set; }
 }
 
+public enum FeatureShardStatus
+{
+    Complete,
+    Failed,
+}
+
+/// <summary>
+/// One shard of a feature set, as recorded by the worker that extracted it: Complete with its file and hash,
+/// or Failed with the reason (a later successful attempt replaces the row).
+/// </summary>
 public sealed class FeatureShardRecord
 {
     public required string FeatureSetKey { get; set; }
     public int Index { get; set; }
+    public FeatureShardStatus Status { get; set; }
+    public string? FailureReason { get; set; }
+    public double Seconds { get; set; }
     public long RowStart { get; set; }
     public int RowCount { get; set; }
     public required string Path { get; set; }

@@ -200,6 +200,10 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .HasColumnType("timestamp with time zone")
                         .HasColumnName("created_at");
 
+                    b.Property<string>("FailureReason")
+                        .HasColumnType("text")
+                        .HasColumnName("failure_reason");
+
                     b.Property<int>("ImageCount")
                         .HasColumnType("integer")
                         .HasColumnName("image_count");
@@ -217,6 +221,10 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .HasColumnType("bigint")
                         .HasColumnName("row_start");
 
+                    b.Property<double>("Seconds")
+                        .HasColumnType("double precision")
+                        .HasColumnName("seconds");
+
                     b.Property<string>("Sha256")
                         .IsRequired()
                         .HasColumnType("text")
@@ -225,6 +233,12 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                     b.Property<int>("SkippedCount")
                         .HasColumnType("integer")
                         .HasColumnName("skipped_count");
+
+                    b.Property<string>("Status")
+                        .IsRequired()
+                        .HasMaxLength(32)
+                        .HasColumnType("character varying(32)")
+                        .HasColumnName("status");
 
                     b.Property<string>("WorkerId")
                         .HasColumnType("text")

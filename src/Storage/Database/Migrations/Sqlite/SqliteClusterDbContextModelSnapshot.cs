@@ -193,6 +193,10 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .HasColumnType("TEXT")
                         .HasColumnName("created_at");
 
+                    b.Property<string>("FailureReason")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("failure_reason");
+
                     b.Property<int>("ImageCount")
                         .HasColumnType("INTEGER")
                         .HasColumnName("image_count");
@@ -210,6 +214,10 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .HasColumnType("INTEGER")
                         .HasColumnName("row_start");
 
+                    b.Property<double>("Seconds")
+                        .HasColumnType("REAL")
+                        .HasColumnName("seconds");
+
                     b.Property<string>("Sha256")
                         .IsRequired()
                         .HasColumnType("TEXT")
@@ -218,6 +226,12 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                     b.Property<int>("SkippedCount")
                         .HasColumnType("INTEGER")
                         .HasColumnName("skipped_count");
+
+                    b.Property<string>("Status")
+                        .IsRequired()
+                        .HasMaxLength(32)
+                        .HasColumnType("TEXT")
+                        .HasColumnName("status");
 
                     b.Property<string>("WorkerId")
                         .HasColumnType("TEXT")

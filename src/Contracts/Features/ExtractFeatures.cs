@@ -1,0 +1,41 @@
+namespace Cluster.Contracts.Features;
+
+/// <summary>
+/// Coordinator → a GPU worker: extract the features of one shard (a contiguous row range of a dataset's manifest)
+/// at one tap, and write them to <c>features/&lt;FeatureSetKey&gt;/shard-&lt;ShardIndex&gt;.safetensors</c>.
+/// (FeatureSetKey, ShardIndex) identifies the work: a shard already recorded is not extracted again.
+/// </summary>
+public sealed record ExtractFeatures
+{
+    public required string FeatureSetKey { get; init; }
+    public required int ShardIndex { get; init; }
+    public required string DatasetId { get; init; }
+
+    /// <summary>The dataset's manifest, relative to the storage root.</summary>
+    public required string ManifestPath { get; init; }
+
+    /// <summary>The dataset's root folder as the workers see it (shared volume).</summary>
+    public required string DatasetRoot { get; init; }
+
+    public required long RowStart { get; init; }
+    public required int RowCount { get; init; }
+
+    /// <summary>An architecture name from the model catalog.</summary>
+    public required string Model { get; init; }
+
+    /// <summary>Weights file relative to the storage root; null for the architecture's own (built-in or seeded random) weights.</summary>
+    public string? WeightsPath { get; init; }
+
+    /// <summary>Identifies the weights: sha256 of the weights file, "builtin:NAME" or "random:SEED".</summary>
+    public required string WeightsHash { get; init; }
+
+    public required string Layer { get; init; }
+
+    /// <summary>"avg" (global average over the spatial dimensions) or "none".</summary>
+    public required string Pooling { get; init; }
+
+    /// <summary>"fp32" or "bf16".</summary>
+    public required string Precision { get; init; }
+
+    public int BatchSize { get; init; } = 32;
+}

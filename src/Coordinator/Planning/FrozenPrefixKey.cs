@@ -1,0 +1,26 @@
+using System.Security.Cryptography;
+using System.Text;
+
+namespace Cluster.Coordinator.Planning;
+
+/// <summary>
+/// The identity of a frozen prefix's output: everything that determines the activations at a tap. Two requests
+/// (extractions, or sweep trials differing only after the cutoff) with the same key share one feature set.
+/// </summary>
+/// <param name="Layer">The canonical step name (aliases resolved), so `block5_pool` and `features.36` share a key.</param>
+public sealed record FrozenPrefixKey(
+    string Model, string WeightsHash, string Layer, string Pooling, string Preprocessing, string Precision, string DatasetId)
+{
+    /// <summary>Readable and unique: `resnet18.avgpool.3f9a0c1d2e4b5a69c7d8`.</summary>
+    public string Value
+    {
+        get
+        {
+            string canonical = string.Join('\n', "v1", Model, WeightsHash, Layer, Pooling, Preprocessing, Precision, DatasetId);
+            string hash = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(canonical)))[..20];
+            return $"{Model}.{Layer}.{hash}";
+        }
+    }
+
+    public override string ToString() => Value;
+}
