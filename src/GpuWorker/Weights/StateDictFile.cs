@@ -80,6 +80,11 @@ public static class StateDictFile
                 // libtorch refusing something the checks above let through; still the file's fault.
                 throw new WeightsFileException(path, $"libtorch could not build a tensor from it ({e.Message})", e);
             }
+            catch (InvalidDataException e)
+            {
+                // ZipArchive finds some damage (a corrupt local header, an unknown compression) only when an entry is opened.
+                throw new WeightsFileException(path, $"the zip archive is corrupt ({e.Message})", e);
+            }
             catch (IOException e)
             {
                 throw new WeightsFileException(path, $"the file cannot be read ({e.Message})", e);
@@ -303,9 +308,15 @@ public static class StateDictFile
     {
         if (root is not PickleDict dict)
         {
-            throw new WeightsFileException(
-                path,
-                $"it holds {(root is PickledTensor ? "a single tensor" : "no dict")}, not a state_dict; save model.state_dict()");
+            var what = root switch
+            {
+                PickledTensor => "a single tensor",
+                List<object?> => "a list",
+                PickleTuple => "a tuple",
+                null => "None",
+                _ => "a plain value",
+            };
+            throw new WeightsFileException(path, $"it holds {what}, not a state_dict (a dict of tensors); save model.state_dict()");
         }
 
         var chosen = dict;

@@ -216,6 +216,31 @@ public sealed class StateDictFileTests : IDisposable
     }
 
     [Fact]
+    public void Corrupt_local_header_inside_the_archive_is_refused_naming_the_file()
+    {
+        var bytes = File.ReadAllBytes(WeightFixtures.Path("tiny_convnet.pt"));
+        var secondEntry = bytes.AsSpan(4).IndexOf("PK\x03\x04"u8) + 4;
+        secondEntry.ShouldBeGreaterThan(4);
+        bytes[secondEntry + 2] = 0xff;
+        var path = System.IO.Path.Combine(_folder, "bad_header.pt");
+        File.WriteAllBytes(path, bytes);
+
+        var error = Should.Throw<WeightsFileException>(() => StateDictFile.Load(path));
+
+        error.Message.ShouldStartWith($"{path}: the zip archive is corrupt");
+    }
+
+    [Fact]
+    public void Pickle_holding_a_list_instead_of_a_dict_is_refused()
+    {
+        var path = System.IO.Path.Combine(_folder, "list.pt");
+        WriteTorchZip(path, new PickleWriter().Proto(2).Op(']').Op('.').ToArray());
+
+        Should.Throw<WeightsFileException>(() => StateDictFile.Load(path))
+            .Message.ShouldBe($"{path}: it holds a list, not a state_dict (a dict of tensors); save model.state_dict()");
+    }
+
+    [Fact]
     public void Zip_archive_that_is_not_from_torch_save_is_refused()
     {
         var path = System.IO.Path.Combine(_folder, "other.pt");
