@@ -72,6 +72,13 @@ public sealed class FeatureSetRecord
     public required string Shape { get; set; }
     public FeatureSetStatus Status { get; set; }
     public int ShardCount { get; set; }
+
+    /// <summary>Images per shard (the last may hold fewer); fixed when the set is first requested.</summary>
+    public int ShardSize { get; set; }
+
+    /// <summary>Images in the dataset, and of those, how many were extracted (the rest were skipped).</summary>
+    public int ImageCount { get; set; }
+    public int ExtractedCount { get; set; }
     public DateTime CreatedAt { get; set; }
     public DateTime? CompletedAt { get; set; }
 }

@@ -134,6 +134,14 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .HasColumnType("text")
                         .HasColumnName("dtype");
 
+                    b.Property<int>("ExtractedCount")
+                        .HasColumnType("integer")
+                        .HasColumnName("extracted_count");
+
+                    b.Property<int>("ImageCount")
+                        .HasColumnType("integer")
+                        .HasColumnName("image_count");
+
                     b.Property<string>("Layer")
                         .IsRequired()
                         .HasColumnType("text")
@@ -162,6 +170,10 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                     b.Property<int>("ShardCount")
                         .HasColumnType("integer")
                         .HasColumnName("shard_count");
+
+                    b.Property<int>("ShardSize")
+                        .HasColumnType("integer")
+                        .HasColumnName("shard_size");
 
                     b.Property<string>("Status")
                         .IsRequired()

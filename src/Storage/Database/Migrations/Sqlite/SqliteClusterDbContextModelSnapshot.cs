@@ -127,6 +127,14 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .HasColumnType("TEXT")
                         .HasColumnName("dtype");
 
+                    b.Property<int>("ExtractedCount")
+                        .HasColumnType("INTEGER")
+                        .HasColumnName("extracted_count");
+
+                    b.Property<int>("ImageCount")
+                        .HasColumnType("INTEGER")
+                        .HasColumnName("image_count");
+
                     b.Property<string>("Layer")
                         .IsRequired()
                         .HasColumnType("TEXT")
@@ -155,6 +163,10 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                     b.Property<int>("ShardCount")
                         .HasColumnType("INTEGER")
                         .HasColumnName("shard_count");
+
+                    b.Property<int>("ShardSize")
+                        .HasColumnType("INTEGER")
+                        .HasColumnName("shard_size");
 
                     b.Property<string>("Status")
                         .IsRequired()

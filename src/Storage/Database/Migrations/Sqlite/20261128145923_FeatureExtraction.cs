@@ -5,7 +5,7 @@
 namespace Cluster.Storage.Database.Migrations.Sqlite
 {
     /// <inheritdoc />
-    public partial class FeatureShardOutcome : Migration
+    public partial class FeatureExtraction : Migration
     {
         /// <inheritdoc />
         protected override void Up(MigrationBuilder migrationBuilder)
@@ -30,6 +30,27 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                 maxLength: 32,
                 nullable: false,
                 defaultValue: "");
+
+            migrationBuilder.AddColumn<int>(
+                name: "extracted_count",
+                table: "feature_sets",
+                type: "INTEGER",
+                nullable: false,
+                defaultValue: 0);
+
+            migrationBuilder.AddColumn<int>(
+                name: "image_count",
+                table: "feature_sets",
+                type: "INTEGER",
+                nullable: false,
+                defaultValue: 0);
+
+            migrationBuilder.AddColumn<int>(
+                name: "shard_size",
+                table: "feature_sets",
+                type: "INTEGER",
+                nullable: false,
+                defaultValue: 0);
         }
 
         /// <inheritdoc />
@@ -46,6 +67,18 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
             migrationBuilder.DropColumn(
                 name: "status",
                 table: "feature_shards");
+
+            migrationBuilder.DropColumn(
+                name: "extracted_count",
+                table: "feature_sets");
+
+            migrationBuilder.DropColumn(
+                name: "image_count",
+                table: "feature_sets");
+
+            migrationBuilder.DropColumn(
+                name: "shard_size",
+                table: "feature_sets");
         }
     }
 }

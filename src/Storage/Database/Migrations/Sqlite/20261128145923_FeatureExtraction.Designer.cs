@@ -11,8 +11,8 @@ using Microsoft.EntityFrameworkCore.Storage.ValueConversion;
 namespace Cluster.Storage.Database.Migrations.Sqlite
 {
     [DbContext(typeof(SqliteClusterDbContext))]
-    [Migration("20261128145037_FeatureShardOutcome")]
-    partial class FeatureShardOutcome
+    [Migration("20261128145923_FeatureExtraction")]
+    partial class FeatureExtraction
     {
         /// <inheritdoc />
         protected override void BuildTargetModel(ModelBuilder modelBuilder)
@@ -130,6 +130,14 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .HasColumnType("TEXT")
                         .HasColumnName("dtype");
 
+                    b.Property<int>("ExtractedCount")
+                        .HasColumnType("INTEGER")
+                        .HasColumnName("extracted_count");
+
+                    b.Property<int>("ImageCount")
+                        .HasColumnType("INTEGER")
+                        .HasColumnName("image_count");
+
                     b.Property<string>("Layer")
                         .IsRequired()
                         .HasColumnType("TEXT")
@@ -158,6 +166,10 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                     b.Property<int>("ShardCount")
                         .HasColumnType("INTEGER")
                         .HasColumnName("shard_count");
+
+                    b.Property<int>("ShardSize")
+                        .HasColumnType("INTEGER")
+                        .HasColumnName("shard_size");
 
                     b.Property<string>("Status")
                         .IsRequired()

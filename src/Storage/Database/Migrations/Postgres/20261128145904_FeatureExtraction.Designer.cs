@@ -12,8 +12,8 @@ using Npgsql.EntityFrameworkCore.PostgreSQL.Metadata;
 namespace Cluster.Storage.Database.Migrations.Postgres
 {
     [DbContext(typeof(PostgresClusterDbContext))]
-    [Migration("20261128144959_FeatureShardOutcome")]
-    partial class FeatureShardOutcome
+    [Migration("20261128145904_FeatureExtraction")]
+    partial class FeatureExtraction
     {
         /// <inheritdoc />
         protected override void BuildTargetModel(ModelBuilder modelBuilder)
@@ -137,6 +137,14 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .HasColumnType("text")
                         .HasColumnName("dtype");
 
+                    b.Property<int>("ExtractedCount")
+                        .HasColumnType("integer")
+                        .HasColumnName("extracted_count");
+
+                    b.Property<int>("ImageCount")
+                        .HasColumnType("integer")
+                        .HasColumnName("image_count");
+
                     b.Property<string>("Layer")
                         .IsRequired()
                         .HasColumnType("text")
@@ -165,6 +173,10 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                     b.Property<int>("ShardCount")
                         .HasColumnType("integer")
                         .HasColumnName("shard_count");
+
+                    b.Property<int>("ShardSize")
+                        .HasColumnType("integer")
+                        .HasColumnName("shard_size");
 
                     b.Property<string>("Status")
                         .IsRequired()
