@@ -9,13 +9,8 @@ public sealed record ExtractFeatures
 {
     public required string FeatureSetKey { get; init; }
     public required int ShardIndex { get; init; }
+    /// <summary>The dataset (its manifest lives at datasets/&lt;DatasetId&gt;/ under the storage root).</summary>
     public required string DatasetId { get; init; }
-
-    /// <summary>The dataset's manifest, relative to the storage root.</summary>
-    public required string ManifestPath { get; init; }
-
-    /// <summary>The dataset's root folder as the workers see it (shared volume).</summary>
-    public required string DatasetRoot { get; init; }
 
     public required long RowStart { get; init; }
     public required int RowCount { get; init; }
