@@ -138,8 +138,7 @@ public sealed class OnnxGraphModule : nn.Module<Tensor, Tensor>
                 {
                     inputs[i] = Resolve(node.Inputs[i], input, values);
                 }
-                Tensor[] outputs = _kernels[plan.Nodes[step]](
-                    new OnnxOperatorContext(node, inputs, OpsetVersion, training, Path.GetFileName(SourcePath)));
+                Tensor[] outputs = RunNode(plan.Nodes[step], inputs, training);
                 for (int o = 0; o < outputs.Length; o++)
                 {
                     if (o < node.Outputs.Length && node.Outputs[o].Length > 0 && plan.Keep(node.Outputs[o]))
@@ -173,6 +172,24 @@ public sealed class OnnxGraphModule : nn.Module<Tensor, Tensor>
             {
                 leftover.Dispose();
             }
+        }
+    }
+
+    private Tensor[] RunNode(int index, Tensor?[] inputs, bool training)
+    {
+        OnnxNode node = _nodes[index];
+        string file = Path.GetFileName(SourcePath);
+        try
+        {
+            return _kernels[index](new OnnxOperatorContext(node, inputs, OpsetVersion, training, file));
+        }
+        catch (Exception e) when (e is not InvalidOperationException and not OperationCanceledException)
+        {
+            // libtorch's messages are multi-line with a native stack; keep its first line and say where it happened.
+            string shapes = string.Join(", ", inputs.Select(t => t is null ? "none" : $"[{string.Join(",", t.shape)}]"));
+            string reason = e.Message.Split('\n', 2)[0].Trim();
+            throw new InvalidOperationException(
+                $"{file}: node '{node.DisplayName}' ({node.OpType}) failed on input shapes {shapes}: {reason}", e);
         }
     }
 

@@ -14,17 +14,23 @@ public static class OnnxImporter
     /// </summary>
     public static OnnxGraphModule Import(string path)
     {
+        ModelProto model = ReadModel(path);
+        return Build(model, path);
+    }
+
+    /// <summary>The file's protobuf, or an <see cref="OnnxImportException"/> naming the file when it cannot be read.</summary>
+    internal static ModelProto ReadModel(string path)
+    {
         ArgumentException.ThrowIfNullOrEmpty(path);
         string file = Path.GetFileName(path);
         if (!File.Exists(path))
         {
             throw new OnnxImportException($"{file}: no such file ({Path.GetFullPath(path)}).");
         }
-        ModelProto model;
         try
         {
             using FileStream stream = File.OpenRead(path);
-            model = ModelProto.Parser.ParseFrom(stream);
+            return ModelProto.Parser.ParseFrom(stream);
         }
         catch (InvalidProtocolBufferException e)
         {
@@ -35,7 +41,6 @@ public static class OnnxImporter
         {
             throw new OnnxImportException($"{file}: cannot be read ({e.Message.TrimEnd('.')}).", e);
         }
-        return Build(model, path);
     }
 
     private static OnnxGraphModule Build(ModelProto model, string path)
