@@ -72,7 +72,7 @@ public static class BuiltInModels
     /// <summary>models/ beside the worker's files (AppContext.BaseDirectory, which single-file publishing keeps right).</summary>
     public static string DefaultDirectory => Path.Combine(AppContext.BaseDirectory, "models");
 
-    /// <summary>Imports the network (63 MB for ResNet-18: about a second) with its preprocessing and taps.</summary>
+    /// <summary>Imports the network (63 MB of weights for ResNet-18: a few seconds on two cores) with its preprocessing and taps.</summary>
     public static BuiltInModel Load(string name, string? modelsDirectory = null)
     {
         string folder = ModelFolder(name, modelsDirectory);

@@ -111,7 +111,7 @@ public sealed class OnnxGraphModule : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>Several taps from one pass: each requested value name maps to its tensor.</summary>
-    public IReadOnlyDictionary<string, Tensor> Forward(Tensor input, IReadOnlyCollection<string> taps)
+    public IReadOnlyDictionary<string, Tensor> ForwardTaps(Tensor input, IReadOnlyCollection<string> taps)
     {
         ArgumentNullException.ThrowIfNull(taps);
         return Run(input, [.. taps.Distinct(StringComparer.Ordinal)]);

@@ -34,8 +34,9 @@ public static class OnnxImporter
         }
         catch (InvalidProtocolBufferException e)
         {
-            throw new OnnxImportException(
-                $"{file}: not a readable ONNX model; the file is truncated or corrupt ({e.Message.TrimEnd('.')}).", e);
+            // Protobuf's first sentence says what broke; the rest is speculation about why.
+            string reason = e.Message.Split('.', 2)[0];
+            throw new OnnxImportException($"{file}: not a readable ONNX model; the file is truncated or corrupt ({reason}).", e);
         }
         catch (IOException e)
         {

@@ -51,6 +51,7 @@ public sealed class OnnxImportTests : IDisposable
     }
 
     [Theory]
+    [InlineData(2)]
     [InlineData(100)]
     [InlineData(5_000)]
     [InlineData(31_000_000)]

@@ -96,7 +96,7 @@ public sealed class ResNet18ImageNetTests : IClassFixture<ResNet18ImageNetFixtur
 
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
-        IReadOnlyDictionary<string, Tensor> actual = _fixture.Model.Network.Forward(
+        IReadOnlyDictionary<string, Tensor> actual = _fixture.Model.Network.ForwardTaps(
             tensor(input, [1, 3, 224, 224]), [.. _fixture.Model.Taps.Select(t => t.ValueName)]);
 
         foreach (ModelTap tap in _fixture.Model.Taps)
@@ -118,7 +118,7 @@ public sealed class ResNet18ImageNetTests : IClassFixture<ResNet18ImageNetFixtur
         ModelTap layer3 = _fixture.Model.Tap("layer3");
 
         Tensor stopped = _fixture.Model.Network.Forward(input, layer3.ValueName);
-        Tensor full = _fixture.Model.Network.Forward(input, [layer3.ValueName, _fixture.Model.Network.OutputName])[layer3.ValueName];
+        Tensor full = _fixture.Model.Network.ForwardTaps(input, [layer3.ValueName, _fixture.Model.Network.OutputName])[layer3.ValueName];
 
         stopped.shape.ShouldBe([2L, 256L, 14L, 14L]);
         stopped.allclose(full).ShouldBeTrue();
