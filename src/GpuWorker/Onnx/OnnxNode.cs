@@ -60,8 +60,5 @@ internal sealed class OnnxNode
     public TensorProto? GetTensor(string name) =>
         _attributes.TryGetValue(name, out AttributeProto? a) ? a.T : null;
 
-    /// <summary>Whether input <paramref name="index"/> is wired (ONNX marks an omitted optional input with an empty name).</summary>
-    public bool HasInput(int index) => index < Inputs.Length && Inputs[index].Length > 0;
-
     public OnnxNodeInfo ToInfo() => new(Name, OpType, Inputs, Outputs);
 }
