@@ -6,7 +6,11 @@ namespace Cluster.GpuWorker.Models;
 /// <summary>One step of a backbone's forward pass; its name is a tap (a place to extract features or freeze up to).</summary>
 /// <param name="Name">The torchvision module path of the step (`layer3.1`, `features.26`, `avgpool`).</param>
 /// <param name="Module">The module the step runs, or null for a parameter-free function (flatten, global pooling).</param>
-public sealed record BackboneStep(string Name, nn.Module? Module, Func<Tensor, Tensor> Run, bool IsClassifier = false);
+/// <param name="Parameters">For steps of an imported graph (no module of their own): the parameters they add.</param>
+public sealed record BackboneStep(string Name, nn.Module? Module, Func<Tensor, Tensor> Run, bool IsClassifier = false, long? Parameters = null)
+{
+    public long ParameterCount => Parameters ?? (Module is null ? 0 : Backbone.CountParameters(Module));
+}
 
 /// <summary>
 /// A CNN as an ordered list of named steps, so it can run to any tap (feature extraction, the frozen prefix)
@@ -19,6 +23,24 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
     private readonly List<BackboneStep> _steps;
     private readonly Dictionary<string, int> _stepIndex;
     private readonly Dictionary<string, string> _aliases;
+
+    /// <summary>
+    /// For an imported graph (ONNX), whose taps are values inside one graph rather than a chain of modules:
+    /// runs the graph from the image up to step i. Null for chains of modules.
+    /// </summary>
+    private readonly Func<Tensor, int, Tensor>? _graphTo;
+
+    internal Backbone(
+        string name,
+        IEnumerable<(string Name, nn.Module Module)> children,
+        IReadOnlyList<BackboneStep> steps,
+        IReadOnlyDictionary<string, string> aliases,
+        bool includeTop,
+        Func<Tensor, int, Tensor> graphTo)
+        : this(name, children, steps, aliases, includeTop)
+    {
+        _graphTo = graphTo;
+    }
 
     internal Backbone(
         string name,
@@ -49,10 +71,11 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
     /// <summary>Every name `ResolveTap` accepts: step names and aliases.</summary>
     public IEnumerable<string> TapNames => _steps.Select(s => s.Name).Concat(_aliases.Keys);
 
-    public override Tensor forward(Tensor input) => Run(input, 0, _steps.Count);
+    public override Tensor forward(Tensor input) => _graphTo is null ? Run(input, 0, _steps.Count) : _graphTo(input, _steps.Count - 1);
 
     /// <summary>Runs the steps up to and including <paramref name="tap"/>.</summary>
-    public Tensor ForwardTo(Tensor input, string tap) => Run(input, 0, ResolveTap(tap) + 1);
+    public Tensor ForwardTo(Tensor input, string tap) =>
+        _graphTo is null ? Run(input, 0, ResolveTap(tap) + 1) : _graphTo(input, ResolveTap(tap));
 
     /// <summary>Runs the steps after <paramref name="tap"/> on that tap's activations.</summary>
     /// <remarks> The first step may be an in-place ReLU (torchvision's VGG and AlexNet use them): it runs on a copy, so
@@ -60,6 +83,11 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
     /// </remarks>
     public Tensor ForwardFrom(Tensor activations, string tap)
     {
+        if (_graphTo is not null)
+        {
+            throw new NotSupportedException(
+                $"'{GetName()}' is an imported graph: it runs from the image to a tap, not from a tap onwards; train it whole, or extract features and train a head on them.");
+        }
         using Tensor copy = activations.clone();
         return Run(copy, ResolveTap(tap) + 1, _steps.Count);
     }
@@ -82,7 +110,7 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
     public long ParametersUpTo(string tap)
     {
         int last = ResolveTap(tap);
-        return _steps.Take(last + 1).Where(s => s.Module is not null).Sum(s => CountParameters(s.Module!));
+        return _steps.Take(last + 1).Sum(s => s.ParameterCount);
     }
 
     public static long CountParameters(nn.Module module) => module.parameters().Sum(p => p.numel());
@@ -100,11 +128,12 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
             using var scope = NewDisposeScope();
             using var noGrad = no_grad();
             var shapes = new List<(BackboneStep, long[])>(_steps.Count);
-            Tensor x = zeros(1, 3, inputSize, inputSize);
-            foreach (BackboneStep step in _steps)
+            Tensor image = zeros(1, 3, inputSize, inputSize);
+            Tensor x = image;
+            for (int i = 0; i < _steps.Count; i++)
             {
-                x = step.Run(x);
-                shapes.Add((step, x.shape[1..]));
+                x = _graphTo is null ? _steps[i].Run(x) : _graphTo(image, i);
+                shapes.Add((_steps[i], x.shape[1..]));
             }
             return shapes;
         }

@@ -65,7 +65,97 @@ public static class ModelCatalog
         all.Add(new ArchitectureInfo("mobilenet_v3_small", "mobilenet", 2_542_856, Preprocessing.ImageNet(), "avgpool", fromFile,
             "MobileNet v3 small (Howard et al. 2019)",
             o => MobileNetBackbone("mobilenet_v3_small", mobilenet_v3_small(), o.IncludeTop, o.NumClasses)));
+        // 15.9M parameters as counted from the ONNX file's weights (torchvision's resnet18 without fc has 11.2M; the
+        // CNTK export differs, and this figure is what the file holds).
+        all.Add(new ArchitectureInfo(BuiltInModels.ResNet18ImageNet, "resnet", 15_897_152,
+            BuiltInModels.LoadPreprocessing(BuiltInModels.ResNet18ImageNet), "avgpool",
+            "built in: ImageNet-trained (ONNX from Microsoft.ML.DnnImageFeaturizer.ResNet18)",
+            "ResNet-18 trained on ImageNet (CNTK export, no classifier): Caffe-style BGR 0-255 minus a mean image",
+            o => ImportedBackbone(BuiltInModels.Load(BuiltInModels.ResNet18ImageNet), o)));
         return all;
+    }
+
+    /// <summary>
+    /// A built-in imported graph as a backbone: its named taps are the steps; the global pool is flattened like
+    /// the other architectures' `avgpool`. It has no classifier; a new one (NumClasses) is appended after the pool.
+    /// </summary>
+    internal static Backbone ImportedBackbone(BuiltInModel builtIn, BackboneOptions options)
+    {
+        Onnx.OnnxGraphModule network = builtIn.Network;
+        // Parameters each tap adds: those of the graph's nodes it needs that earlier taps did not.
+        var counted = new HashSet<string>(StringComparer.Ordinal);
+        var parameters = network.named_parameters().ToDictionary(p => p.name, p => p.parameter.numel(), StringComparer.Ordinal);
+        var steps = new List<BackboneStep>();
+        foreach (ModelTap tap in builtIn.Taps)
+        {
+            long added = InitializersNeededFor(network, tap.ValueName)
+                .Select(i => network.StateDictNames.GetValueOrDefault(i))
+                .Where(k => k is not null && parameters.ContainsKey(k) && counted.Add(k))
+                .Sum(k => parameters[k!]);
+            steps.Add(new BackboneStep(tap.Name, null, x => throw new InvalidOperationException("imported graphs run through graphTo"), Parameters: added));
+        }
+        string[] values = builtIn.Taps.Select(t => t.ValueName).ToArray();
+        Linear? head = options.IncludeTop && options.NumClasses is int n ? nn.Linear(builtIn.Taps[^1].Shape[0], n) : null;
+        var children = new List<(string, nn.Module)> { ("network", network) };
+        if (head is not null)
+        {
+            children.Add(("fc", head));
+            steps.Add(new BackboneStep("fc", head, head.call, IsClassifier: true));
+        }
+        int last = builtIn.Taps.Count - 1;
+        Tensor GraphTo(Tensor image, int step)
+        {
+            Tensor value = network.Forward(image, values[Math.Min(step, last)]);
+            if (step < last || value.dim() == 2)
+            {
+                return value;
+            }
+            using (value)
+            {
+                Tensor pooled = value.flatten(1);
+                if (step == last)
+                {
+                    return pooled;
+                }
+                using (pooled)
+                {
+                    return head!.call(pooled);
+                }
+            }
+        }
+        return new Backbone(builtIn.Name, children, steps, new Dictionary<string, string>(), includeTop: head is not null, GraphTo);
+    }
+
+    private static IEnumerable<string> InitializersNeededFor(Onnx.OnnxGraphModule network, string value)
+    {
+        var producers = new Dictionary<string, Onnx.OnnxNodeInfo>(StringComparer.Ordinal);
+        foreach (Onnx.OnnxNodeInfo node in network.Nodes)
+        {
+            foreach (string output in node.Outputs)
+            {
+                producers[output] = node;
+            }
+        }
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        var pending = new Stack<string>([value]);
+        while (pending.TryPop(out string? current))
+        {
+            if (!seen.Add(current))
+            {
+                continue;
+            }
+            if (producers.TryGetValue(current, out Onnx.OnnxNodeInfo? node))
+            {
+                foreach (string input in node.Inputs.Where(i => i.Length > 0))
+                {
+                    pending.Push(input);
+                }
+            }
+            else
+            {
+                yield return current;
+            }
+        }
     }
 
     private static Func<Tensor, Tensor> Call(nn.Module module) => ((nn.Module<Tensor, Tensor>)module).call;

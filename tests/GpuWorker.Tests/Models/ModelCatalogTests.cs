@@ -34,6 +34,7 @@ public sealed class ModelCatalogTests
         ["mobilenet_v2"] = [("out_relu", [1280, 7, 7]), ("avgpool", [1280])],
         ["mobilenet_v3_large"] = [("features.16", [960, 7, 7])],
         ["mobilenet_v3_small"] = [("features.12", [576, 7, 7]), ("predictions", [1000])],
+        ["resnet18-imagenet"] = [("layer1", [64, 56, 56]), ("layer3", [256, 14, 14]), ("layer4", [512, 7, 7]), ("avgpool", [512])],
     };
 
     [Theory]
@@ -46,7 +47,8 @@ public sealed class ModelCatalogTests
         var shapes = model.TraceShapes(info.InputSize);
 
         shapes.Count.ShouldBe(model.Steps.Count);
-        shapes[^1].Shape.ShouldBe([1000L]);
+        // The built-in ImageNet ResNet-18 was exported without its classifier: it ends at the 512-d pool.
+        shapes[^1].Shape.ShouldBe(architecture == BuiltInModels.ResNet18ImageNet ? [512L] : [1000L]);
         Backbone.CountParameters(model).ShouldBe(info.ParameterCount);
         model.TapNames.ShouldContain(info.DefaultTap);
         foreach ((string tap, long[] shape) in s_documentedTaps.GetValueOrDefault(architecture, []))
@@ -141,6 +143,19 @@ public sealed class ModelCatalogTests
         model.ParametersUpTo("avgpool").ShouldBe(total - (512L * 1000 + 1000));
         model.ParametersUpTo("fc").ShouldBe(total);
         total.ShouldBe(11_689_512L);
+    }
+
+    [Fact]
+    public void The_built_in_imagenet_resnet18_takes_a_new_head_and_counts_what_each_cutoff_freezes()
+    {
+        using Backbone model = ModelCatalog.Find("resnet18-imagenet").Build(new BackboneOptions(NumClasses: 10));
+
+        model.TraceShapes(224)[^1].Shape.ShouldBe([10L]);
+        // Same convolutions and batch norms as torchvision's resnet18: stem 64*3*7*7 + 2*64.
+        model.ParametersUpTo("maxpool").ShouldBe(64L * 3 * 7 * 7 + 2 * 64);
+        model.ParametersUpTo("avgpool").ShouldBe(ModelCatalog.Find("resnet18-imagenet").ParameterCount);
+        model.ParametersUpTo("fc").ShouldBe(ModelCatalog.Find("resnet18-imagenet").ParameterCount + 512 * 10 + 10);
+        Should.Throw<NotSupportedException>(() => model.ForwardFrom(zeros(1, 512), "avgpool"));
     }
 
     [Fact]
