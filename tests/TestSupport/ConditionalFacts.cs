@@ -26,3 +26,15 @@ public sealed class FactWhenFileExistsAttribute : FactAttribute
         }
     }
 }
+
+/// <summary>A measurement rather than a check: runs only with CLUSTER_BENCHMARKS=1, so the test suite stays fast.</summary>
+public sealed class BenchmarkFactAttribute : FactAttribute
+{
+    public BenchmarkFactAttribute()
+    {
+        if (Environment.GetEnvironmentVariable("CLUSTER_BENCHMARKS") != "1")
+        {
+            Skip = "a benchmark; set CLUSTER_BENCHMARKS=1 to run it";
+        }
+    }
+}
