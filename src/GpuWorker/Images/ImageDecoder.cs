@@ -34,6 +34,7 @@ public sealed record ImageDecoderOptions
 /// colour (what PIL's <c>convert("RGB")</c>, and so torchvision's loader, does), not composited.</item>
 /// <item>EXIF orientation and ICC profiles are ignored, as PIL ignores them unless asked: features must match
 /// those of the Python pipelines the weights were trained with.</item>
+/// <item>Resizing is Pillow's antialiased bilinear (see <see cref="BilinearResampler"/>), computed for the crop only.</item>
 /// <item>A JPEG much larger than the target is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), the
 /// smallest that keeps the shorter side at or above the target.</item>
 /// </list>
@@ -41,11 +42,9 @@ public sealed record ImageDecoderOptions
 /// </summary>
 /// <remarks>
 /// Not thread-safe: it keeps its scratch buffers between calls. Use one per decoding thread.
-/// Sampling, measured on a 720×477 photo resized to a 256 shorter side, against PIL's bilinear (antialiased) resize
-/// that torchvision uses: linear with linear mipmaps 38.5 dB PSNR, linear alone 32.7, Mitchell cubic 31.9,
-/// Catmull-Rom 30.0; for 4× and 7× reductions the gap widens (34.5 vs 24.3 dB). Mipmaps cost about a third more
-/// resize time, which is small beside decoding. JPEG DCT scaling by 1/2, 1/4, 1/8 matched full decoding (40.2 vs
-/// 39.8 dB at 1/4) while 3/8 and 5/8 did not (35.0 and 26.0 dB), so only powers of two are used.
+/// JPEG DCT scaling, measured on a photo against Pillow decoding it whole and resizing to a 256 shorter side:
+/// 1/4 scale 40.2 dB PSNR, full decoding 39.8 dB (the decoders differ slightly), 3/8 scale 35.0, 5/8 scale 26.0; so
+/// only 1/2, 1/4 and 1/8 are used, and only when the image is at least twice the target.
 /// </remarks>
 public sealed class ImageDecoder
 {
@@ -54,11 +53,10 @@ public sealed class ImageDecoder
     // Scratch buffers above this are used once and dropped, so one huge image does not pin its size for good.
     private const long RetainedScratchBytes = 64L << 20;
 
-    private static readonly SKSamplingOptions s_sampling = new(SKFilterMode.Linear, SKMipmapMode.Linear);
-
     private readonly string? _root;
+    private readonly BilinearResampler _resampler = new();
     private byte[]? _decoded;
-    private byte[]? _resized;
+    private byte[]? _cropped;
 
     public ImageDecoder(ImageDecoderOptions? options = null)
     {
@@ -327,34 +325,16 @@ public sealed class ImageDecoder
                 return ImageDecodeResult.Skip(ImageSkipReason.Corrupt, $"the {Describe(codec)} could not be decoded ({result})", width, height);
         }
 
-        var source = decoded;
-        var stride = decodedSize.Width;
+        var (source, stride, left, top) = (decoded, decodedSize.Width, geometry.CropLeft, geometry.CropTop);
         if (decodedSize.Width != geometry.ResizedWidth || decodedSize.Height != geometry.ResizedHeight)
         {
-            var resizedInfo = new SKImageInfo(geometry.ResizedWidth, geometry.ResizedHeight, SKColorType.Rgba8888, SKAlphaType.Opaque);
-            source = Scratch(ref _resized, resizedInfo.BytesSize64);
-            stride = geometry.ResizedWidth;
-            bool scaled;
-            unsafe
-            {
-                fixed (byte* from = decoded)
-                fixed (byte* to = source)
-                {
-                    // Declared opaque: alpha is dropped, not multiplied in, and Skia then resamples the stored colour
-                    // as it is, as PIL does after convert("RGB").
-                    using var fromPixmap = new SKPixmap(decodedInfo.WithAlphaType(SKAlphaType.Opaque), (IntPtr)from);
-                    using var toPixmap = new SKPixmap(resizedInfo, (IntPtr)to);
-                    scaled = fromPixmap.ScalePixels(toPixmap, s_sampling);
-                }
-            }
-
-            if (!scaled)
-            {
-                return ImageDecodeResult.Skip(ImageSkipReason.Corrupt, $"resizing {decodedSize.Width}x{decodedSize.Height} to {geometry.ResizedWidth}x{geometry.ResizedHeight} failed", width, height);
-            }
+            var size = preprocessing.InputSize;
+            source = Scratch(ref _cropped, (long)size * size * 4);
+            _resampler.ResizeCrop(decoded, decodedSize.Width, decodedSize.Height, geometry.ResizedWidth, geometry.ResizedHeight, left, top, size, source);
+            (stride, left, top) = (size, 0, 0);
         }
 
-        Normalise(source, stride, geometry.CropLeft, geometry.CropTop, preprocessing, destination);
+        Normalise(source, stride, left, top, preprocessing, destination);
         return ImageDecodeResult.Ok(width, height, decodedSize.Width, decodedSize.Height);
     }
 

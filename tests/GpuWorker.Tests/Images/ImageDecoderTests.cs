@@ -180,6 +180,22 @@ public sealed class ImageDecoderTests : IDisposable
         }
     }
 
+    [Theory]
+    [InlineData(13, 9, 6, 4, new byte[] { 153, 210, 95, 75, 168, 200, 85, 90, 186, 166, 51, 108, 195, 136, 66, 123, 70, 78, 86, 94, 111, 119, 127, 135, 157, 165, 173, 181, 198, 206, 214, 222, 24, 38, 59, 82, 45, 59, 80, 103, 83, 97, 118, 141, 130, 144, 165, 188 })]
+    [InlineData(40, 23, 7, 5, new byte[] { 95, 157, 93, 160, 97, 113, 147, 105, 145, 100, 143, 118, 136, 124, 126, 156, 93, 156, 100, 154, 153, 97, 161, 97, 157, 181, 167, 165, 134, 104, 88, 76, 84, 91, 106, 136, 152, 166, 177, 171, 166, 139, 124, 94, 75, 83, 87, 103, 120, 136, 123, 127, 132, 131, 121, 129, 132, 123, 107, 116, 128, 135, 128, 122, 119, 128, 127, 118, 126, 125, 129, 127, 131, 118, 123 })]
+    public void Resize_and_crop_give_exactly_what_torchvision_gives_with_pillow(int width, int height, int resizeTo, int inputSize, byte[] expected)
+    {
+        // Expected values: Pillow 9.4, Image.resize((w, h), BILINEAR) to torchvision's Resize(resizeTo) size, then
+        // CenterCrop(inputSize), as C×H×W bytes, for the image below (generated the same way in numpy).
+        var png = TestImages.Encode(width, height, (x, y) => new SKColor((byte)(((x * 37) + (y * 11)) % 256), (byte)(((x * 5) + (y * 29)) % 256), (byte)(((x * x) + (y * y * 3)) % 256)));
+        var p = new Preprocessing("bytes", inputSize, resizeTo, ColorOrder.Rgb, 1f, [0f, 0f, 0f], [1f, 1f, 1f]);
+        var output = new float[3 * inputSize * inputSize];
+
+        new ImageDecoder().Decode(png, p, output).IsOk.ShouldBeTrue();
+
+        output.ShouldBe(expected.Select(b => (float)b).ToArray());
+    }
+
     [Fact]
     public void A_large_jpeg_is_decoded_at_a_reduced_scale_that_still_covers_the_target()
     {
