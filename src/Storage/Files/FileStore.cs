@@ -15,9 +15,6 @@ namespace Cluster.Storage.Files;
 /// </remarks>
 public sealed class FileStore
 {
-    // The same limit Linux applies (MAXSYMLINKS), so a link loop is refused instead of followed forever.
-    private const int MaxSymlinkHops = 40;
-
     private const string TempSuffix = ".tmp";
 
     public FileStore(string root)
@@ -28,7 +25,7 @@ public sealed class FileStore
 
         // Resolved once, so every containment check compares real paths with a real root, even when the
         // configured root (or one of its parents, like macOS's /tmp) is itself a symlink.
-        Root = Path.TrimEndingDirectorySeparator(RealPath(full, root));
+        Root = Path.TrimEndingDirectorySeparator(RealPaths.Resolve(full, root));
     }
 
     /// <summary>The full, symlink-free path of the storage root.</summary>
@@ -281,7 +278,7 @@ public sealed class FileStore
         }
 
         var full = names.Length == 0 ? Root : Path.Join(Root, string.Join(Path.DirectorySeparatorChar, names));
-        if (!IsInsideRoot(RealPath(full, relativePath)))
+        if (!IsInsideRoot(RealPaths.Resolve(full, relativePath)))
         {
             throw new StoragePathException(relativePath, $"it passes through a symlink that leads outside the storage root '{Root}'");
         }
@@ -289,67 +286,5 @@ public sealed class FileStore
         return full;
     }
 
-    private bool IsInsideRoot(string fullPath) =>
-        fullPath == Root
-        || fullPath.StartsWith(
-            Root.EndsWith(Path.DirectorySeparatorChar) ? Root : Root + Path.DirectorySeparatorChar,
-            StringComparison.Ordinal);
-
-    /// <summary>
-    /// Where <paramref name="fullPath"/> really lands: each existing component that is a symlink is replaced by
-    /// its target, as the kernel would, so a link through another link or through '..' is judged by its true
-    /// destination. Components that do not exist yet are kept as written.
-    /// </summary>
-    private static string RealPath(string fullPath, string reportedPath)
-    {
-        // Pending components, next one on top; a symlink's target is pushed in place of the link.
-        var pending = new Stack<string>();
-        PushComponents(pending, fullPath);
-        var current = Path.GetPathRoot(fullPath)!;
-        var hops = 0;
-        while (pending.TryPop(out var name))
-        {
-            if (name is "" or ".")
-            {
-                continue;
-            }
-
-            if (name == "..")
-            {
-                current = Path.GetDirectoryName(current) ?? current;
-                continue;
-            }
-
-            var next = Path.Join(current, name);
-            var target = new FileInfo(next).LinkTarget;
-            if (target is null)
-            {
-                current = next;
-                continue;
-            }
-
-            if (++hops > MaxSymlinkHops)
-            {
-                throw new StoragePathException(reportedPath, "it passes through too many levels of symlinks");
-            }
-
-            if (Path.IsPathRooted(target))
-            {
-                current = Path.GetPathRoot(target)!;
-            }
-
-            PushComponents(pending, target);
-        }
-
-        return current;
-    }
-
-    private static void PushComponents(Stack<string> pending, string path)
-    {
-        var components = path.Split(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar);
-        for (var i = components.Length - 1; i >= 0; i--)
-        {
-            pending.Push(components[i]);
-        }
-    }
+    private bool IsInsideRoot(string fullPath) => RealPaths.IsInside(Root, fullPath);
 }
