@@ -83,6 +83,10 @@ public static class CoordinatorCli
                 .WithDescription("Run the coordinator service (records worker heartbeats; later: plans and schedules sweeps).");
             c.AddCommand<WorkersCommand>("workers")
                 .WithDescription("List live workers from their heartbeats.");
+            c.AddCommand<ExtractCommand>("extract")
+                .WithDescription("Extract a dataset's features at a model's tap, sharded across the workers; reuses cached feature sets.")
+                .WithExample("extract", "--dataset", "cats_and_dogs_small/train", "--model", "vgg19", "--layer", "block4_pool", "--weights", "vgg19.pth")
+                .WithExample("extract", "--dataset", "photos", "--precision", "bf16");
             c.AddBranch("models", models =>
             {
                 models.SetDescription("Architectures, weights sources and taps.");

@@ -1,4 +1,5 @@
 using Cluster.Contracts;
+using Cluster.GpuWorker.Extraction;
 using Cluster.GpuWorker.SelfTest;
 using Cluster.Hosting;
 using MassTransit;
@@ -15,6 +16,7 @@ public sealed class WorkerBusPart(int concurrentJobs = 1) : IClusterBusPart
     public void Register(IBusRegistrationConfigurator bus)
     {
         bus.AddConsumer<RunSelfTestConsumer>();
+        bus.AddConsumer<ExtractFeaturesConsumer>();
     }
 
     public void ConfigureEndpoints(IBusRegistrationContext context, IBusFactoryConfigurator bus)
@@ -27,6 +29,7 @@ public sealed class WorkerBusPart(int concurrentJobs = 1) : IClusterBusPart
             // Commands are sent to the queue, never published: no exchange bindings per message type.
             e.ConfigureConsumeTopology = false;
             e.ConfigureConsumer<RunSelfTestConsumer>(context);
+            e.ConfigureConsumer<ExtractFeaturesConsumer>(context);
         });
     }
 }

@@ -1,4 +1,6 @@
 using Cluster.GpuWorker.Devices;
+using Cluster.GpuWorker.Extraction;
+using Cluster.Storage.Files;
 using Cluster.Hosting;
 using MassTransit;
 using Microsoft.Extensions.DependencyInjection;
@@ -19,6 +21,10 @@ public static class WorkerServices
             TorchSharp.torch.set_num_threads(options.TorchThreads);
         }
         services.AddSingleton(WorkerIdentity.Create(options.Id, device));
+        services.AddSingleton(device);
+        services.AddSingleton(sp => new FileStore(sp.GetRequiredService<ClusterRuntimeSettings>().StorageRoot));
+        services.AddSingleton<ModelProvider>();
+        services.AddSingleton<FeatureExtractor>();
         services.AddSingleton<JobTracker>();
         services.AddHostedService(sp => new HeartbeatService(
             sp.GetRequiredService<IBus>(),

@@ -1,0 +1,353 @@
+using System.ComponentModel;
+using System.Diagnostics;
+using System.Globalization;
+using System.Security.Cryptography;
+using Cluster.Coordinator.Planning;
+using Cluster.GpuWorker.Models;
+using Cluster.GpuWorker.Weights;
+using Cluster.Hosting;
+using Cluster.Storage.Database;
+using Cluster.Storage.Database.Entities;
+using Cluster.Storage.Datasets;
+using Cluster.Storage.Files;
+using MassTransit;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Spectre.Console;
+using Spectre.Console.Cli;
+using ValidationResult = Spectre.Console.ValidationResult;
+
+namespace Cluster.Coordinator.Cli.Commands;
+
+public sealed class ExtractSettings : GlobalSettings
+{
+    [CommandOption("--dataset <DIR>")]
+    [Description("An image folder: one subfolder per class (ImageFolder layout).")]
+    public string Dataset { get; init; } = "";
+
+    [CommandOption("--manifest <FILE>")]
+    [Description("Optional: a path<TAB>label list of the dataset's images (relative to --dataset) instead of scanning subfolders.")]
+    public string? Manifest { get; init; }
+
+    [CommandOption("--model <ARCH>")]
+    [Description("An architecture from `coordinator models list`.")]
+    [DefaultValue("resnet18-imagenet")]
+    public string Model { get; init; } = "resnet18-imagenet";
+
+    [CommandOption("--layer <TAP>")]
+    [Description("Where to take the features (`coordinator models layers ARCH`); default: the architecture's default tap.")]
+    public string? Layer { get; init; }
+
+    [CommandOption("--weights <FILE>")]
+    [Description("Weights file (safetensors, PyTorch .pt/.pth, TorchSharp); default: the model's built-in weights, else seeded random ones.")]
+    public string? Weights { get; init; }
+
+    [CommandOption("--pool <POOL>")]
+    [Description("avg (global average over space) or none.")]
+    [DefaultValue("avg")]
+    public string Pool { get; init; } = "avg";
+
+    [CommandOption("--precision <PRECISION>")]
+    [Description("fp32 (exact) or bf16 (about twice as fast on CPUs with AMX/AVX-512, channels-last).")]
+    [DefaultValue("fp32")]
+    public string Precision { get; init; } = "fp32";
+
+    [CommandOption("--shard-size <N>")]
+    [Description("Images per shard (one job per shard).")]
+    [DefaultValue(1000)]
+    public int ShardSize { get; init; }
+
+    [CommandOption("--batch-size <N>")]
+    [DefaultValue(32)]
+    public int BatchSize { get; init; }
+
+    [CommandOption("--timeout <SECONDS>")]
+    [Description("Give up waiting after this long (0: wait until done).")]
+    [DefaultValue(0)]
+    public int TimeoutSeconds { get; init; }
+
+    public override ValidationResult Validate()
+    {
+        if (string.IsNullOrWhiteSpace(Dataset))
+        {
+            return ValidationResult.Error("--dataset DIR is required.");
+        }
+        if (Pool is not ("avg" or "none"))
+        {
+            return ValidationResult.Error($"--pool '{Pool}' is not one of: avg, none.");
+        }
+        if (Precision is not ("fp32" or "bf16"))
+        {
+            return ValidationResult.Error($"--precision '{Precision}' is not one of: fp32, bf16.");
+        }
+        if (ShardSize is < 1 or > 1_000_000)
+        {
+            return ValidationResult.Error($"--shard-size {ShardSize} must be within 1..1000000.");
+        }
+        if (BatchSize is < 1 or > 4096)
+        {
+            return ValidationResult.Error($"--batch-size {BatchSize} must be within 1..4096.");
+        }
+        return TimeoutSeconds < 0 ? ValidationResult.Error("--timeout must not be negative.") : base.Validate();
+    }
+}
+
+/// <summary>
+/// `coordinator extract`: a dataset's features at one tap, as shards extracted by the workers, reusing any
+/// complete or partial feature set with the same frozen-prefix key.
+/// </summary>
+public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
+{
+    public override async Task<int> ExecuteAsync(CommandContext context, ExtractSettings settings, CancellationToken cancellationToken)
+    {
+        CliContext cli = CliContext.Create(settings);
+        if (!Directory.Exists(settings.Dataset))
+        {
+            throw new ClusterConfigurationException($"--dataset '{settings.Dataset}' is not a folder.");
+        }
+        ArchitectureInfo architecture = FindArchitecture(settings.Model);
+        string layer = CanonicalLayer(architecture, settings.Layer ?? architecture.DefaultTap);
+        await cli.RequireBrokerAsync(cancellationToken);
+        await cli.RequireDatabaseAsync(cancellationToken);
+        var store = new FileStore(cli.Settings.StorageRoot);
+        (string weightsHash, string? weightsPath) = await StageWeightsAsync(settings, architecture, store, cancellationToken);
+
+        DatasetManifest dataset = await ScanAsync(settings, store, cancellationToken);
+        var request = new ExtractionRequest(dataset, architecture.Name, layer, settings.Pool, architecture.Preprocessing.Name,
+            settings.Precision, weightsHash, weightsPath, settings.ShardSize, settings.BatchSize);
+        var planner = new FeatureSetPlanner(cli.Database, store);
+        var clock = Stopwatch.StartNew();
+        ExtractionPlan plan = await planner.PlanAsync(request, cancellationToken);
+        string key = plan.FeatureSet.Key;
+        if (plan.IsCached)
+        {
+            await ReportAsync(settings, cli, planner, request, plan.FeatureSet, cached: true, clock.Elapsed, cancellationToken);
+            return 0;
+        }
+
+        using IHost host = cli.BuildHost(coordinatorService: false);
+        await host.StartAsync(cancellationToken);
+        try
+        {
+            ISendEndpoint queue = await host.Services.GetRequiredService<ISendEndpointProvider>().GetSendEndpoint(ClusterBus.GpuWorkQueue);
+            foreach (var job in plan.Jobs)
+            {
+                await queue.Send(job, cancellationToken);
+            }
+            FeatureSetProgress progress = await WaitAsync(settings, planner, plan, dataset.Entries.Count, cancellationToken);
+            if (progress.ShardsFailed > 0)
+            {
+                foreach ((int shard, string reason) in progress.Failures.Take(10))
+                {
+                    Console.Error.WriteLine($"coordinator: shard {shard} of {key} failed: {reason}");
+                }
+                return 1;
+            }
+            if (progress.ShardsComplete < plan.FeatureSet.ShardCount)
+            {
+                Console.Error.WriteLine($"coordinator: error: {progress.ShardsComplete} of {plan.FeatureSet.ShardCount} shards done after {settings.TimeoutSeconds} s; "
+                    + $"run the same command again to resume (is a gpu-worker running? see `coordinator workers`).");
+                return 1;
+            }
+            FeatureSetRecord set = await planner.CompleteAsync(request, key, cancellationToken);
+            await ReportAsync(settings, cli, planner, request, set, cached: false, clock.Elapsed, cancellationToken);
+            return 0;
+        }
+        finally
+        {
+            await host.StopAsync(CancellationToken.None);
+        }
+    }
+
+    private static ArchitectureInfo FindArchitecture(string name)
+    {
+        try
+        {
+            return ModelCatalog.Find(name);
+        }
+        catch (UnknownNameException e)
+        {
+            throw e.AsConfigurationError();
+        }
+    }
+
+    /// <summary>The step name a tap or alias designates, so that `block5_pool` and `features.36` share a cache key.</summary>
+    private static string CanonicalLayer(ArchitectureInfo architecture, string tap)
+    {
+        using Backbone model = architecture.Build();
+        try
+        {
+            return model.Steps[model.ResolveTap(tap)].Name;
+        }
+        catch (UnknownNameException e)
+        {
+            throw e.AsConfigurationError();
+        }
+    }
+
+    /// <summary>
+    /// Puts a --weights file on the shared storage (under its hash) so that every worker reads the same bytes,
+    /// after checking here, once, that it loads strictly into the architecture: a wrong file fails now, with the diff.
+    /// </summary>
+    private static async Task<(string Hash, string? Path)> StageWeightsAsync(
+        ExtractSettings settings, ArchitectureInfo architecture, FileStore store, CancellationToken cancellationToken)
+    {
+        if (settings.Weights is null)
+        {
+            return architecture.WeightsSource.StartsWith("built in", StringComparison.Ordinal)
+                ? ($"builtin:{architecture.Name}", null)
+                : ("random:0", null);
+        }
+        if (!File.Exists(settings.Weights))
+        {
+            throw new ClusterConfigurationException($"--weights '{settings.Weights}' does not exist.");
+        }
+        string sha256;
+        await using (FileStream file = File.OpenRead(settings.Weights))
+        {
+            sha256 = Convert.ToHexStringLower(await SHA256.HashDataAsync(file, cancellationToken));
+        }
+        try
+        {
+            using Backbone model = architecture.Build();
+            using StateDict weights = StateDictFile.Load(settings.Weights);
+            WeightsLoader.Apply(model, weights, strict: true);
+        }
+        catch (Exception e) when (e is WeightsFileException or WeightsMismatchException)
+        {
+            throw new ClusterConfigurationException($"--weights '{settings.Weights}' does not fit {architecture.Name}: {e.Message}", e);
+        }
+        string staged = $"weights/{sha256[..16]}/{Path.GetFileName(settings.Weights)}";
+        if (!store.Exists(staged))
+        {
+            await using FileStream source = File.OpenRead(settings.Weights);
+            await store.WriteAsync(staged, (target, ct) => source.CopyToAsync(target, ct), cancellationToken);
+        }
+        return ($"sha256:{sha256}", staged);
+    }
+
+    private static async Task<DatasetManifest> ScanAsync(ExtractSettings settings, FileStore store, CancellationToken cancellationToken)
+    {
+        DatasetManifest dataset;
+        try
+        {
+            dataset = settings.Manifest is null
+                ? await DatasetScanner.ScanFolderAsync(settings.Dataset, null, cancellationToken)
+                : await DatasetScanner.ScanManifestAsync(settings.Manifest, settings.Dataset, null, cancellationToken);
+        }
+        catch (DatasetInputException e)
+        {
+            throw new ClusterConfigurationException(e.Message, e);
+        }
+        if (dataset.Entries.Count == 0)
+        {
+            throw new ClusterConfigurationException($"--dataset '{settings.Dataset}' holds no images (expected one subfolder per class with image files).");
+        }
+        await dataset.SaveAsync(store, cancellationToken);
+        return dataset;
+    }
+
+    private static async Task<FeatureSetProgress> WaitAsync(
+        ExtractSettings settings, FeatureSetPlanner planner, ExtractionPlan plan, int images, CancellationToken cancellationToken)
+    {
+        string key = plan.FeatureSet.Key;
+        int shards = plan.FeatureSet.ShardCount;
+        var deadline = settings.TimeoutSeconds > 0 ? TimeSpan.FromSeconds(settings.TimeoutSeconds) : Timeout.InfiniteTimeSpan;
+        var clock = Stopwatch.StartNew();
+        FeatureSetProgress progress = await planner.ProgressAsync(key, cancellationToken);
+        int startImages = progress.ImagesDone + progress.ImagesSkipped;
+
+        bool Finished(FeatureSetProgress p) =>
+            p.ShardsComplete + p.ShardsFailed >= shards || (deadline != Timeout.InfiniteTimeSpan && clock.Elapsed > deadline);
+
+        if (settings.Format == OutputFormat.Json || Console.IsOutputRedirected)
+        {
+            while (!Finished(progress))
+            {
+                await Task.Delay(500, cancellationToken);
+                progress = await planner.ProgressAsync(key, cancellationToken);
+            }
+            return progress;
+        }
+        await AnsiConsole.Progress()
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn(), new SpinnerColumn())
+            .StartAsync(async ctx =>
+            {
+                ProgressTask bar = ctx.AddTask($"[bold]{Markup.Escape(key)}[/]", maxValue: images);
+                while (true)
+                {
+                    int done = progress.ImagesDone + progress.ImagesSkipped;
+                    double rate = (done - startImages) / Math.Max(clock.Elapsed.TotalSeconds, 1e-3);
+                    bar.Value = done;
+                    bar.Description = $"{Markup.Escape(key)}  shards {progress.ShardsComplete}/{shards}  skipped {progress.ImagesSkipped}  {rate:F1} images/s";
+                    if (Finished(progress))
+                    {
+                        break;
+                    }
+                    await Task.Delay(500, cancellationToken);
+                    progress = await planner.ProgressAsync(key, cancellationToken);
+                }
+            });
+        return progress;
+    }
+
+    private static async Task ReportAsync(
+        ExtractSettings settings, CliContext cli, FeatureSetPlanner planner, ExtractionRequest request, FeatureSetRecord set, bool cached,
+        TimeSpan elapsed, CancellationToken cancellationToken)
+    {
+        List<SkippedImageRecord> skipped;
+        await using (ClusterDbContext db = cli.Database.CreateDbContext())
+        {
+            skipped = await db.SkippedImages.AsNoTracking().Where(s => s.DatasetId == set.DatasetId).OrderBy(s => s.Path).ToListAsync(cancellationToken);
+        }
+        // Files the scan itself could not use (unreadable, links out of the root) are skipped too.
+        var scanSkipped = request.Dataset.Skipped.Select(s => (s.Path, Reason: $"{s.Reason.Code()}: {s.Message}")).ToList();
+        var allSkipped = skipped.Select(s => (s.Path, s.Reason)).Concat(scanSkipped).OrderBy(s => s.Path, StringComparer.Ordinal).ToList();
+        string path = Path.Combine(cli.Settings.StorageRoot, "features", set.Key);
+        double seconds = elapsed.TotalSeconds;
+        CliOutput.Write(settings, new
+        {
+            key = set.Key,
+            cached,
+            path,
+            model = set.Model,
+            layer = set.Layer,
+            pooling = set.Pooling,
+            precision = request.Precision,
+            dataset = set.DatasetId,
+            shape = set.Shape,
+            images = set.ImageCount,
+            extracted = set.ExtractedCount,
+            shards = set.ShardCount,
+            seconds = Math.Round(seconds, 2),
+            imagesPerSecond = cached ? (double?)null : Math.Round(set.ImageCount / Math.Max(seconds, 1e-3), 1),
+            skipped = allSkipped.Select(s => new { path = s.Path, reason = s.Reason }),
+        }, () =>
+        {
+            AnsiConsole.Write(CliOutput.KeyValueTable(cached ? "[green]feature set reused from the cache[/]" : "[green]features extracted[/]",
+            [
+                ("key", set.Key),
+                ("path", path),
+                ("model", $"{set.Model} at {set.Layer}, pool {set.Pooling}, {request.Precision}"),
+                ("features", $"{set.ExtractedCount} x [{set.Shape.Replace("x", ", ", StringComparison.Ordinal)}] float32"),
+                ("images", $"{set.ImageCount} in {set.ShardCount} shard(s), {allSkipped.Count} skipped"),
+                ("time", cached ? $"{seconds:F1} s (nothing to compute)" : $"{seconds:F1} s, {set.ImageCount / Math.Max(seconds, 1e-3):F1} images/s"),
+            ]));
+            if (allSkipped.Count > 0)
+            {
+                var table = new Table().Border(TableBorder.Simple).AddColumns("skipped image", "reason");
+                foreach ((string p, string reason) in allSkipped.Take(20))
+                {
+                    table.AddRow(new Text(p), new Text(reason));
+                }
+                if (allSkipped.Count > 20)
+                {
+                    table.AddRow(new Text($"... and {allSkipped.Count - 20} more"), new Text(""));
+                }
+                AnsiConsole.Write(table);
+            }
+            AnsiConsole.MarkupLine($"[grey]Load in Python: see README (\"Reading features from Python\"); or `coordinator features export {Markup.Escape(set.Key)} --npy OUT.npy`.[/]");
+        });
+    }
+}

@@ -1,0 +1,216 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using Cluster.Contracts.Features;
+using Cluster.GpuWorker.Devices;
+using Cluster.GpuWorker.Hosting;
+using Cluster.GpuWorker.Images;
+using Cluster.GpuWorker.Models;
+using Cluster.Storage.Database;
+using Cluster.Storage.Database.Entities;
+using Cluster.Storage.Datasets;
+using Cluster.Storage.Files;
+using Cluster.Storage.Formats;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Logging;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Cluster.GpuWorker.Extraction;
+
+/// <summary>The outcome of one shard, as recorded.</summary>
+public sealed record ShardOutcome(int ImageCount, int SkippedCount, double Seconds, bool AlreadyRecorded);
+
+/// <summary>
+/// Extracts one shard: decodes its images in parallel (overlapping the forward pass), runs the backbone to the
+/// tap, pools, writes `features/&lt;key&gt;/shard-NNNNN.safetensors` (features [n, ...] float32, rows [n] int64)
+/// atomically with its sha256, and records the shard and its skipped images in one database write.
+/// </summary>
+public sealed class FeatureExtractor(
+    FileStore store,
+    IDbContextFactory<ClusterDbContext> databases,
+    ModelProvider models,
+    TorchDevice device,
+    WorkerIdentity identity,
+    JobTracker jobs,
+    ILogger<FeatureExtractor> logger)
+{
+    public static string ShardPath(string featureSetKey, int shardIndex) => $"features/{featureSetKey}/shard-{shardIndex:D5}.safetensors";
+
+    public async Task<ShardOutcome> ExtractAsync(ExtractFeatures job, CancellationToken cancellationToken)
+    {
+        await using (ClusterDbContext db = await databases.CreateDbContextAsync(cancellationToken))
+        {
+            FeatureShardRecord? done = await db.FeatureShards.AsNoTracking().SingleOrDefaultAsync(
+                s => s.FeatureSetKey == job.FeatureSetKey && s.Index == job.ShardIndex && s.Status == FeatureShardStatus.Complete, cancellationToken);
+            if (done is not null)
+            {
+                return new ShardOutcome(done.ImageCount, done.SkippedCount, done.Seconds, AlreadyRecorded: true);
+            }
+        }
+
+        var clock = Stopwatch.StartNew();
+        DatasetManifest manifest = await DatasetManifest.LoadAsync(store, job.DatasetId, cancellationToken);
+        if (job.RowStart < 0 || job.RowCount < 0 || job.RowStart + job.RowCount > manifest.Entries.Count)
+        {
+            throw new ArgumentException($"rows [{job.RowStart}, {job.RowStart + job.RowCount}) are outside dataset {job.DatasetId} ({manifest.Entries.Count} images)");
+        }
+        Backbone model = models.Get(new ModelRequest(job.Model, job.WeightsPath, job.WeightsHash, job.Precision));
+        ArchitectureInfo architecture = ModelCatalog.Find(job.Model);
+        ScalarType computeType = ModelProvider.ComputeType(job.Precision);
+        string[] paths = manifest.Entries.Skip((int)job.RowStart).Take(job.RowCount).Select(e => e.Path).ToArray();
+
+        var pipeline = new ImageBatchPipeline(architecture.Preprocessing, new ImagePipelineOptions
+        {
+            BatchSize = job.BatchSize,
+            Decoder = new ImageDecoderOptions { Root = manifest.Root },
+        });
+        int side = architecture.InputSize;
+        var rows = new List<long>(job.RowCount);
+        var skipped = new List<SkippedRow>();
+        float[]? features = null;
+        long[]? featureShape = null;
+        int featureLength = 0;
+        await foreach (ImageBatch batch in pipeline.RunAsync(paths, job.RowStart, cancellationToken))
+        {
+            using (batch)
+            {
+                skipped.AddRange(batch.Skipped);
+                if (batch.Count == 0)
+                {
+                    continue;
+                }
+                cancellationToken.ThrowIfCancellationRequested();
+                using var scope = NewDisposeScope();
+                using var noGrad = no_grad();
+                Tensor input = tensor(batch.Buffer.AsSpan(0, batch.Count * batch.ImageLength).ToArray(), [batch.Count, 3, side, side]);
+                input = input.to(computeType, device.Device);
+                if (computeType == ScalarType.BFloat16)
+                {
+                    input = ModelProvider.ChannelsLast(input);
+                }
+                Tensor output = model.ForwardTo(input, job.Layer);
+                if (job.Pooling == "avg" && output.dim() == 4)
+                {
+                    output = output.mean([2, 3]);
+                }
+                output = output.to(ScalarType.Float32).cpu().contiguous();
+                if (features is null)
+                {
+                    featureShape = output.shape[1..];
+                    featureLength = (int)featureShape.Aggregate(1L, (a, b) => a * b);
+                    features = new float[(long)job.RowCount * featureLength];
+                }
+                output.data<float>().CopyTo(features.AsSpan(rows.Count * featureLength, batch.Count * featureLength));
+                rows.AddRange(batch.Rows);
+            }
+            jobs.ReportThroughput((rows.Count + skipped.Count) / Math.Max(clock.Elapsed.TotalSeconds, 1e-3));
+        }
+        featureShape ??= [0];
+
+        string path = ShardPath(job.FeatureSetKey, job.ShardIndex);
+        long[] rowArray = rows.ToArray();
+        string sha256 = await store.WriteWithSha256Async(path, (stream, ct) =>
+        {
+            Safetensors.Write(stream,
+            [
+                new SafetensorsTensor("features", SafetensorsDtype.F32, [rows.Count, .. featureShape],
+                    MemoryMarshal.AsBytes((features ?? []).AsSpan(0, rows.Count * featureLength)).ToArray()),
+                new SafetensorsTensor("rows", SafetensorsDtype.I64, [rows.Count], MemoryMarshal.AsBytes(rowArray.AsSpan()).ToArray()),
+            ],
+            new Dictionary<string, string>
+            {
+                ["feature_set"] = job.FeatureSetKey,
+                ["shard"] = job.ShardIndex.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                ["model"] = job.Model,
+                ["layer"] = job.Layer,
+                ["pooling"] = job.Pooling,
+            });
+            return Task.CompletedTask;
+        }, cancellationToken);
+        double seconds = clock.Elapsed.TotalSeconds;
+        await RecordAsync(job, path, sha256, rows.Count, skipped, manifest, seconds);
+        logger.LogInformation("Shard {Shard} of {FeatureSet}: {Images} images, {Skipped} skipped, in {Seconds:F1} s ({Rate:F1} images/s)",
+            job.ShardIndex, job.FeatureSetKey, rows.Count, skipped.Count, seconds, (rows.Count + skipped.Count) / Math.Max(seconds, 1e-3));
+        return new ShardOutcome(rows.Count, skipped.Count, seconds, AlreadyRecorded: false);
+    }
+
+    /// <summary>Records a shard that could not be extracted, with the reason, so the requester can say why.</summary>
+    public async Task RecordFailureAsync(ExtractFeatures job, string reason)
+    {
+        await using ClusterDbContext db = await databases.CreateDbContextAsync(CancellationToken.None);
+        FeatureShardRecord? row = await db.FeatureShards.FindAsync([job.FeatureSetKey, job.ShardIndex]);
+        if (row is { Status: FeatureShardStatus.Complete })
+        {
+            return;
+        }
+        if (row is null)
+        {
+            row = new FeatureShardRecord { FeatureSetKey = job.FeatureSetKey, Index = job.ShardIndex, Path = "", Sha256 = "" };
+            db.FeatureShards.Add(row);
+        }
+        row.Status = FeatureShardStatus.Failed;
+        row.FailureReason = reason;
+        row.WorkerId = identity.WorkerId;
+        row.CreatedAt = DateTime.UtcNow;
+        await db.SaveChangesAsync(CancellationToken.None);
+    }
+
+    /// <summary>One transaction: the shard row (replacing a failed attempt) and its skipped images not yet known.</summary>
+    private async Task RecordAsync(ExtractFeatures job, string path, string sha256, int images, List<SkippedRow> skipped, DatasetManifest manifest, double seconds)
+    {
+        await using ClusterDbContext db = await databases.CreateDbContextAsync(CancellationToken.None);
+        FeatureShardRecord? row = await db.FeatureShards.FindAsync([job.FeatureSetKey, job.ShardIndex]);
+        if (row is null)
+        {
+            row = new FeatureShardRecord { FeatureSetKey = job.FeatureSetKey, Index = job.ShardIndex, Path = path, Sha256 = sha256 };
+            db.FeatureShards.Add(row);
+        }
+        row.Status = FeatureShardStatus.Complete;
+        row.FailureReason = null;
+        row.Path = path;
+        row.Sha256 = sha256;
+        row.RowStart = job.RowStart;
+        row.RowCount = job.RowCount;
+        row.ImageCount = images;
+        row.SkippedCount = skipped.Count;
+        row.WorkerId = identity.WorkerId;
+        row.Seconds = seconds;
+        row.CreatedAt = DateTime.UtcNow;
+
+        if (skipped.Count > 0)
+        {
+            var skippedPaths = skipped.Select(s => s.Image.Path).ToList();
+            var known = (await db.SkippedImages.AsNoTracking()
+                .Where(s => s.DatasetId == job.DatasetId && skippedPaths.Contains(s.Path))
+                .Select(s => s.Path).ToListAsync()).ToHashSet(StringComparer.Ordinal);
+            foreach (SkippedRow s in skipped.Where(s => !known.Contains(s.Image.Path)))
+            {
+                db.SkippedImages.Add(new SkippedImageRecord
+                {
+                    DatasetId = job.DatasetId,
+                    Path = s.Image.Path,
+                    Reason = $"{s.Image.Reason.Code()}: {s.Image.Message}",
+                    RecordedAt = DateTime.UtcNow,
+                });
+            }
+        }
+        try
+        {
+            await db.SaveChangesAsync(CancellationToken.None);
+        }
+        catch (DbUpdateException)
+        {
+            if (!await ShardCompleteAsync(job))
+            {
+                throw;
+            }
+            // Another delivery of the same shard recorded it first; its row and file stand.
+        }
+    }
+
+    private async Task<bool> ShardCompleteAsync(ExtractFeatures job)
+    {
+        await using ClusterDbContext db = await databases.CreateDbContextAsync(CancellationToken.None);
+        return await db.FeatureShards.AnyAsync(s => s.FeatureSetKey == job.FeatureSetKey && s.Index == job.ShardIndex && s.Status == FeatureShardStatus.Complete);
+    }
+}
