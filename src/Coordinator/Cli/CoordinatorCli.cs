@@ -87,6 +87,13 @@ public static class CoordinatorCli
                 .WithDescription("Extract a dataset's features at a model's tap, sharded across the workers; reuses cached feature sets.")
                 .WithExample("extract", "--dataset", "cats_and_dogs_small/train", "--model", "vgg19", "--layer", "block4_pool", "--weights", "vgg19.pth")
                 .WithExample("extract", "--dataset", "photos", "--precision", "bf16");
+            c.AddBranch("features", features =>
+            {
+                features.SetDescription("The feature cache.");
+                features.AddCommand<FeaturesListCommand>("list").WithDescription("Feature sets: key, model, layer, status, shape.");
+                features.AddCommand<FeaturesExportCommand>("export").WithDescription("Write a feature set as one .npy file (and its row ids).")
+                    .WithExample("features", "export", "resnet18-imagenet.avgpool.059da588849bff4dc5f6", "--npy", "features.npy");
+            });
             c.AddBranch("models", models =>
             {
                 models.SetDescription("Architectures, weights sources and taps.");
