@@ -82,7 +82,9 @@ public sealed class FeatureExtractor(
                 cancellationToken.ThrowIfCancellationRequested();
                 using var scope = NewDisposeScope();
                 using var noGrad = no_grad();
-                Tensor input = tensor(batch.Buffer.AsSpan(0, batch.Count * batch.ImageLength).ToArray(), [batch.Count, 3, side, side]);
+                // A view over the batch's pinned buffer, not a copy: the forward pass reads the decoded pixels in place
+                // (the buffer goes back to the pipeline only after this scope has released the view).
+                Tensor input = tensor(batch.Buffer, [batch.Buffer.Length / batch.ImageLength, 3, side, side]).narrow(0, 0, batch.Count);
                 input = input.to(computeType, device.Device);
                 if (computeType == ScalarType.BFloat16)
                 {
