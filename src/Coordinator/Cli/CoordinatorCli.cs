@@ -100,6 +100,8 @@ public static class CoordinatorCli
                 models.AddCommand<ModelsListCommand>("list").WithDescription("Every architecture: input size, preprocessing, parameters, default tap.");
                 models.AddCommand<ModelsLayersCommand>("layers").WithDescription("An architecture's taps with output shapes and what a cutoff there freezes.")
                     .WithExample("models", "layers", "vgg19");
+                models.AddCommand<ModelsBenchCommand>("bench").WithDescription("Forward-only images/s on random input (the compute limit of this machine).")
+                    .WithExample("models", "bench", "resnet18", "--precision", "bf16");
             });
             c.AddBranch("config", config =>
             {

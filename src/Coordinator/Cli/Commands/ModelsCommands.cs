@@ -1,6 +1,7 @@
 using System.ComponentModel;
 using System.Globalization;
 using Cluster.GpuWorker.Models;
+using TorchSharp;
 using Spectre.Console;
 using Spectre.Console.Cli;
 
@@ -120,4 +121,98 @@ public sealed class ModelsLayersCommand : Command<ModelsLayersSettings>
 
     private sealed record LayerRow(
         string Name, List<string> Aliases, string Module, long[] Shape, long Parameters, long FrozenAtCutoff, bool IsClassifier);
+}
+
+public sealed class ModelsBenchSettings : GlobalSettings
+{
+    [CommandArgument(0, "<ARCH>")]
+    [Description("An architecture from `coordinator models list`.")]
+    public string Architecture { get; init; } = "";
+
+    [CommandOption("--layer <TAP>")]
+    [Description("Run to this tap (default: the architecture's default tap).")]
+    public string? Layer { get; init; }
+
+    [CommandOption("--precision <PRECISION>")]
+    [DefaultValue("fp32")]
+    public string Precision { get; init; } = "fp32";
+
+    [CommandOption("--batch-size <N>")]
+    [DefaultValue(32)]
+    public int BatchSize { get; init; }
+
+    [CommandOption("--seconds <S>")]
+    [Description("Measure for at least this long (after one warm-up batch).")]
+    [DefaultValue(10)]
+    public int Seconds { get; init; }
+}
+
+/// <summary>
+/// `coordinator models bench ARCH`: the forward-only rate on random input at the native size, the compute limit
+/// that end-to-end extraction is measured against (bench/extract_bench.sh).
+/// </summary>
+public sealed class ModelsBenchCommand : Command<ModelsBenchSettings>
+{
+    public override int Execute(CommandContext context, ModelsBenchSettings settings, CancellationToken cancellationToken)
+    {
+        if (settings.Precision is not ("fp32" or "bf16"))
+        {
+            throw new Cluster.Hosting.ClusterConfigurationException($"--precision '{settings.Precision}' is not one of: fp32, bf16.");
+        }
+        ArchitectureInfo info;
+        try
+        {
+            info = ModelCatalog.Find(settings.Architecture);
+        }
+        catch (UnknownNameException e)
+        {
+            throw e.AsConfigurationError();
+        }
+        using Backbone model = info.Build();
+        model.eval();
+        string tap = settings.Layer ?? info.DefaultTap;
+        var type = Cluster.GpuWorker.Extraction.ModelProvider.ComputeType(settings.Precision);
+        if (settings.Precision == "bf16")
+        {
+            model.to(type);
+            Cluster.GpuWorker.Extraction.ModelProvider.ToChannelsLast(model);
+        }
+        using var noGrad = TorchSharp.torch.no_grad();
+        using TorchSharp.torch.Tensor random = TorchSharp.torch.randn(settings.BatchSize, 3, info.InputSize, info.InputSize).to(type);
+        using TorchSharp.torch.Tensor input = settings.Precision == "bf16" ? Cluster.GpuWorker.Extraction.ModelProvider.ChannelsLast(random) : random.alias();
+        try
+        {
+            model.ResolveTap(tap);
+        }
+        catch (UnknownNameException e)
+        {
+            throw e.AsConfigurationError();
+        }
+        model.ForwardTo(input, tap).Dispose();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        long images = 0;
+        while (clock.Elapsed.TotalSeconds < settings.Seconds || images < 4L * settings.BatchSize)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            model.ForwardTo(input, tap).Dispose();
+            images += settings.BatchSize;
+        }
+        double seconds = clock.Elapsed.TotalSeconds;
+        CliOutput.Write(settings, new
+        {
+            tool = "cluster",
+            mode = "forward-only",
+            architecture = info.Name,
+            layer = tap,
+            precision = settings.Precision,
+            channelsLast = settings.Precision == "bf16",
+            batchSize = settings.BatchSize,
+            threads = TorchSharp.torch.get_num_threads(),
+            images,
+            seconds = Math.Round(seconds, 3),
+            imagesPerSecond = Math.Round(images / seconds, 2),
+        }, () => AnsiConsole.MarkupLineInterpolated(
+            $"{info.Name} to {tap}, {settings.Precision}, batch {settings.BatchSize}: {images / seconds:F1} images/s ({images} images in {seconds:F1} s, {TorchSharp.torch.get_num_threads()} threads)"));
+        return 0;
+    }
 }

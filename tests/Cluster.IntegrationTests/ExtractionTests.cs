@@ -1,0 +1,187 @@
+using System.Security.Cryptography;
+using System.Text.Json;
+using Cluster.Contracts;
+using Cluster.IntegrationTests.Support;
+using Cluster.Storage.Database.Entities;
+using Microsoft.EntityFrameworkCore;
+using Shouldly;
+
+namespace Cluster.IntegrationTests;
+
+/// <summary>Bulk feature extraction through RabbitMQ, worker processes and PostgreSQL.</summary>
+public sealed class ExtractionTests : IAsyncLifetime
+{
+    private static readonly TimeSpan s_deadline = TimeSpan.FromMinutes(5);
+    private IsolatedCluster _cluster = null!;
+    private string _dataset = null!;
+
+    public async Task InitializeAsync()
+    {
+        _cluster = await IsolatedCluster.CreateAsync();
+        _dataset = Path.Combine(_cluster.StorageRoot, "images");
+        (int code, ClusterProcess migrate) = await _cluster.RunCoordinatorAsync(s_deadline, "db", "migrate");
+        code.ShouldBe(0, migrate.Describe());
+    }
+
+    public async Task DisposeAsync() => await _cluster.DisposeAsync();
+
+    private async Task<JsonDocument> ExtractAsync(params string[] extra)
+    {
+        (int code, ClusterProcess extract) = await _cluster.RunCoordinatorAsync(s_deadline,
+            ["extract", "--cluster", "--dataset", _dataset, "--format", "json", .. extra]);
+        code.ShouldBe(0, _cluster.DescribeProcesses());
+        return JsonDocument.Parse(extract.StandardOutput);
+    }
+
+    private async Task<List<FeatureShardRecord>> ShardsAsync(string key)
+    {
+        await using var db = _cluster.Database();
+        return await db.FeatureShards.AsNoTracking().Where(s => s.FeatureSetKey == key).OrderBy(s => s.Index).ToListAsync();
+    }
+
+    [Fact]
+    public async Task Shards_hold_every_good_image_once_and_every_bad_one_is_listed_with_its_reason()
+    {
+        Dictionary<string, string> hostile = TestImages.WriteDataset(_dataset, goodPerClass: 5, hostile: true);
+        // The same picture under two names must give the same features, wherever it falls in the batches.
+        File.Copy(Path.Combine(_dataset, "cats", "cat001.jpg"), Path.Combine(_dataset, "dogs", "same-as-cat001.jpg"));
+        _cluster.Worker("--device", "cpu", "--id", "extractor-" + _cluster.Name);
+
+        using JsonDocument result = await ExtractAsync("--shard-size", "4", "--batch-size", "3");
+
+        string key = result.RootElement.GetProperty("key").GetString()!;
+        result.RootElement.GetProperty("cached").GetBoolean().ShouldBeFalse();
+        result.RootElement.GetProperty("extracted").GetInt32().ShouldBe(11);
+        var skipped = result.RootElement.GetProperty("skipped").EnumerateArray()
+            .ToDictionary(s => s.GetProperty("path").GetString()!, s => s.GetProperty("reason").GetString()!);
+        skipped.Keys.ShouldBe(hostile.Keys, ignoreOrder: true);
+        foreach ((string path, string code) in hostile)
+        {
+            skipped[path].ShouldStartWith(code + ":");
+        }
+
+        List<FeatureShardRecord> shards = await ShardsAsync(key);
+        var rows = new List<long>();
+        var features = new List<float[]>();
+        foreach (FeatureShardRecord shard in shards)
+        {
+            shard.Status.ShouldBe(FeatureShardStatus.Complete);
+            string file = Path.Combine(_cluster.StorageRoot, shard.Path);
+            Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(file))).ShouldBe(shard.Sha256);
+            SafetensorsFile tensors = SafetensorsFile.Read(file);
+            tensors.Tensors["features"].Dtype.ShouldBe("F32");
+            tensors.Tensors["rows"].Dtype.ShouldBe("I64");
+            long n = tensors.Tensors["rows"].Shape[0];
+            tensors.Tensors["features"].Shape.ShouldBe([n, 512L]);
+            float[] values = tensors.Floats("features");
+            rows.AddRange(tensors.Longs("rows"));
+            for (int i = 0; i < n; i++)
+            {
+                features.Add(values[(i * 512)..((i + 1) * 512)]);
+            }
+        }
+        rows.Count.ShouldBe(11);
+        rows.ShouldBe(rows.Order().Distinct().ToList(), "each row once, in manifest order");
+        features.ShouldAllBe(f => f.All(float.IsFinite) && f.Any(v => v != 0));
+
+        // Manifest order is (label, path): cats/cat000..cat004, then dogs/dog000..dog004.png and dogs/same-as-cat001.jpg.
+        string[] manifest = File.ReadAllLines(Path.Combine(_cluster.StorageRoot, "datasets", result.RootElement.GetProperty("dataset").GetString()!, "manifest.tsv"))[1..];
+        int Row(string path) => Array.FindIndex(manifest, line => line.StartsWith(path + "\t", StringComparison.Ordinal));
+        float[] original = features[rows.IndexOf(Row("cats/cat001.jpg"))];
+        float[] copy = features[rows.IndexOf(Row("dogs/same-as-cat001.jpg"))];
+        for (int i = 0; i < 512; i++)
+        {
+            copy[i].ShouldBe(original[i], Math.Max(1e-4f, Math.Abs(original[i]) * 1e-4f));
+        }
+        File.Exists(Path.Combine(_cluster.StorageRoot, "features", key, "manifest.json")).ShouldBeTrue();
+    }
+
+    [Fact]
+    public async Task A_complete_set_is_reused_at_once_and_a_partial_one_resumes_only_its_missing_shards()
+    {
+        TestImages.WriteDataset(_dataset, goodPerClass: 6, hostile: false);
+        _cluster.Worker("--device", "cpu");
+        using JsonDocument first = await ExtractAsync("--shard-size", "4");
+        string key = first.RootElement.GetProperty("key").GetString()!;
+        List<FeatureShardRecord> before = await ShardsAsync(key);
+        before.Count.ShouldBe(3);
+
+        using (JsonDocument again = await ExtractAsync("--shard-size", "4"))
+        {
+            again.RootElement.GetProperty("cached").GetBoolean().ShouldBeTrue();
+            again.RootElement.GetProperty("key").GetString().ShouldBe(key);
+        }
+
+        // Make the set partial: shard 1 lost (row and file), the set no longer complete.
+        await using (var db = _cluster.Database())
+        {
+            db.FeatureShards.Remove(await db.FeatureShards.SingleAsync(s => s.FeatureSetKey == key && s.Index == 1));
+            (await db.FeatureSets.SingleAsync(s => s.Key == key)).Status = FeatureSetStatus.Extracting;
+            await db.SaveChangesAsync();
+        }
+        File.Delete(Path.Combine(_cluster.StorageRoot, before[1].Path));
+
+        using JsonDocument resumed = await ExtractAsync("--shard-size", "4");
+
+        resumed.RootElement.GetProperty("cached").GetBoolean().ShouldBeFalse();
+        List<FeatureShardRecord> after = await ShardsAsync(key);
+        after.Select(s => s.Index).ShouldBe([0, 1, 2]);
+        after[0].CreatedAt.ShouldBe(before[0].CreatedAt, "shard 0 was not extracted again");
+        after[2].CreatedAt.ShouldBe(before[2].CreatedAt, "shard 2 was not extracted again");
+        after[1].CreatedAt.ShouldBeGreaterThan(before[1].CreatedAt);
+        File.Exists(Path.Combine(_cluster.StorageRoot, after[1].Path)).ShouldBeTrue();
+    }
+
+    [Fact]
+    public async Task Two_requests_at_the_same_time_produce_one_feature_set()
+    {
+        TestImages.WriteDataset(_dataset, goodPerClass: 4, hostile: false);
+        _cluster.Worker("--device", "cpu");
+
+        ClusterProcess a = _cluster.Coordinator("extract", "--cluster", "--dataset", _dataset, "--shard-size", "3", "--format", "json");
+        ClusterProcess b = _cluster.Coordinator("extract", "--cluster", "--dataset", _dataset, "--shard-size", "3", "--format", "json");
+        (await a.WaitForExitAsync(s_deadline)).ShouldBe(0, a.Describe());
+        (await b.WaitForExitAsync(s_deadline)).ShouldBe(0, b.Describe());
+
+        using JsonDocument ra = JsonDocument.Parse(a.StandardOutput);
+        using JsonDocument rb = JsonDocument.Parse(b.StandardOutput);
+        string key = ra.RootElement.GetProperty("key").GetString()!;
+        rb.RootElement.GetProperty("key").GetString().ShouldBe(key);
+        await using var db = _cluster.Database();
+        (await db.FeatureSets.CountAsync()).ShouldBe(1);
+        var shards = await db.FeatureShards.AsNoTracking().Where(s => s.FeatureSetKey == key).ToListAsync();
+        shards.Select(s => s.Index).Order().ShouldBe([0, 1, 2]);
+        shards.Sum(s => s.ImageCount).ShouldBe(8);
+    }
+
+    [Fact]
+    public async Task A_worker_killed_during_a_shard_leaves_it_to_another_worker_and_it_is_recorded_once()
+    {
+        TestImages.WriteDataset(_dataset, goodPerClass: 60, hostile: false);
+        ClusterProcess first = _cluster.Worker("--device", "cpu", "--id", "doomed-" + _cluster.Name);
+        ClusterProcess extract = _cluster.Coordinator("extract", "--cluster", "--dataset", _dataset, "--shard-size", "120", "--batch-size", "4", "--format", "json");
+        await Eventually.WaitAsync(
+            async () => (await _cluster.QueueAsync(QueueNames.GpuWork))?.Unacknowledged == 1,
+            s_deadline, "the first worker to take the shard");
+
+        using (var kill = System.Diagnostics.Process.Start("kill", ["-KILL", first.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
+        {
+            await kill.WaitForExitAsync();
+        }
+        await first.WaitForExitAsync(s_deadline);
+        await using (var db = _cluster.Database())
+        {
+            (await db.FeatureShards.CountAsync()).ShouldBe(0, "the killed worker recorded nothing");
+        }
+        string secondId = "survivor-" + _cluster.Name;
+        _cluster.Worker("--device", "cpu", "--id", secondId);
+
+        (await extract.WaitForExitAsync(s_deadline)).ShouldBe(0, _cluster.DescribeProcesses());
+        using JsonDocument result = JsonDocument.Parse(extract.StandardOutput);
+        List<FeatureShardRecord> shards = await ShardsAsync(result.RootElement.GetProperty("key").GetString()!);
+        FeatureShardRecord shard = shards.ShouldHaveSingleItem();
+        shard.WorkerId.ShouldBe(secondId);
+        shard.ImageCount.ShouldBe(120);
+        SafetensorsFile.Read(Path.Combine(_cluster.StorageRoot, shard.Path)).Tensors["rows"].Shape.ShouldBe([120L]);
+    }
+}
