@@ -53,6 +53,41 @@ public sealed class ModelsCliTests : IDisposable
         required.ShouldBeSubsetOf(sizes.Keys);
     }
 
+    [Fact]
+    public async Task Predict_prints_the_top_classes_of_each_image_with_the_checkpoints_class_names()
+    {
+        string checkpoint = Path.Combine(_folder, "head.safetensors");
+        using (var model = Cluster.GpuWorker.Models.ModelCatalog.Find("mobilenet_v3_small").Build(new Cluster.GpuWorker.Models.BackboneOptions(NumClasses: 2)))
+        {
+            Cluster.GpuWorker.Prediction.Predictor.SaveCheckpoint(checkpoint, "mobilenet_v3_small", model, ["sandal", "sneaker"]);
+        }
+        string images = Path.Combine(_folder, "images");
+        TestImages.Write(Path.Combine(images, "a.jpg"), seed: 1);
+        TestImages.Write(Path.Combine(images, "b.png"), seed: 2, format: SkiaSharp.SKEncodedImageFormat.Png);
+        File.WriteAllText(Path.Combine(images, "c.jpg"), "not an image");
+
+        (int code, ClusterProcess p) = await Run("predict", "--checkpoint", checkpoint, images, "--top", "2", "--format", "json");
+
+        code.ShouldBe(0, p.Describe());
+        using JsonDocument json = JsonDocument.Parse(p.StandardOutput);
+        var results = json.RootElement.EnumerateArray().ToList();
+        results.Select(r => Path.GetFileName(r.GetProperty("image").GetString())).ShouldBe(["a.jpg", "b.png", "c.jpg"]);
+        foreach (JsonElement r in results.Take(2))
+        {
+            r.GetProperty("predictions").EnumerateArray().Select(c => c.GetProperty("class").GetString()).ShouldBe(["sandal", "sneaker"], ignoreOrder: true);
+        }
+        results[2].GetProperty("skipped").GetString().ShouldStartWith("not-an-image");
+    }
+
+    [Fact]
+    public async Task Predict_on_a_missing_image_is_one_line_and_exit_code_2()
+    {
+        (int code, ClusterProcess p) = await Run("predict", "--model", "resnet18", "no/such/image.jpg");
+
+        code.ShouldBe(2, p.Describe());
+        p.StandardError.Trim().ShouldBe("coordinator: error: image 'no/such/image.jpg' does not exist.");
+    }
+
     [Theory]
     [InlineData("models", "layers", "resnet51", "unknown architecture 'resnet51' for this cluster; valid (closest first): resnet50")]
     public async Task Unknown_names_give_one_line_with_the_closest_valid_names_first(string command, string sub, string arg, string expected)

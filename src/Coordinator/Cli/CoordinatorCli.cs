@@ -87,6 +87,10 @@ public static class CoordinatorCli
                 .WithDescription("Extract a dataset's features at a model's tap, sharded across the workers; reuses cached feature sets.")
                 .WithExample("extract", "--dataset", "cats_and_dogs_small/train", "--model", "vgg19", "--layer", "block4_pool", "--weights", "vgg19.pth")
                 .WithExample("extract", "--dataset", "photos", "--precision", "bf16");
+            c.AddCommand<PredictCommand>("predict")
+                .WithDescription("Top-k classes of images under a pretrained classifier (ImageNet names for 1000-class heads).")
+                .WithExample("predict", "--model", "resnet50", "--weights", "resnet50.pth", "elephant.jpg")
+                .WithExample("predict", "--checkpoint", "best.safetensors", "photos/", "--top", "5", "--format", "json");
             c.AddBranch("features", features =>
             {
                 features.SetDescription("The feature cache.");

@@ -1,0 +1,135 @@
+using System.Text.Json;
+using Cluster.GpuWorker.Images;
+using Cluster.GpuWorker.Models;
+using Cluster.GpuWorker.Weights;
+using Cluster.Storage.Datasets;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Cluster.GpuWorker.Prediction;
+
+/// <summary>One class of a prediction, by rank.</summary>
+public sealed record ClassProbability(int Index, string Class, double Probability);
+
+/// <summary>An image's top-k classes, or why it was skipped.</summary>
+public sealed record ImagePrediction(string Image, IReadOnlyList<ClassProbability> Top, string? Skipped = null);
+
+/// <summary>
+/// Case 1 of the reference material, the pretrained network as is: images through a model with a classifier,
+/// softmax, top-k classes with their names. Checkpoints written by this project carry their class names in the
+/// safetensors metadata (<see cref="ArchitectureKey"/>, <see cref="ClassNamesKey"/>).
+/// </summary>
+public sealed class Predictor : IDisposable
+{
+    public const string ArchitectureKey = "architecture";
+    public const string ClassNamesKey = "class_names";
+
+    private readonly Backbone _model;
+    private readonly ImageDecoder _decoder = new();
+
+    private Predictor(ArchitectureInfo architecture, Backbone model, IReadOnlyList<string> classNames)
+    {
+        Architecture = architecture;
+        _model = model;
+        ClassNames = classNames;
+        _model.eval();
+    }
+
+    public ArchitectureInfo Architecture { get; }
+
+    public IReadOnlyList<string> ClassNames { get; }
+
+    /// <summary>An architecture with its own classifier; ImageNet names for 1000 outputs. Null weights: random (a warning case for the caller).</summary>
+    public static Predictor FromArchitecture(string architecture, string? weightsFile)
+    {
+        ArchitectureInfo info = ModelCatalog.Find(architecture);
+        Backbone model = info.Build();
+        if (!model.IncludeTop)
+        {
+            model.Dispose();
+            throw new ArgumentException(
+                $"{info.Name} has no classifier (it is a feature extractor): use `coordinator extract`, or give --checkpoint of a head trained on it.");
+        }
+        if (weightsFile is not null)
+        {
+            using StateDict weights = StateDictFile.Load(weightsFile);
+            WeightsLoader.Apply(model, weights, strict: true);
+        }
+        int outputs = (int)model.TraceShapes(info.InputSize)[^1].Shape[0];
+        IReadOnlyList<string> names = outputs == ImageNetClasses.Names.Count
+            ? ImageNetClasses.Names
+            : Enumerable.Range(0, outputs).Select(i => $"class {i}").ToList();
+        return new Predictor(info, model, names);
+    }
+
+    /// <summary>A checkpoint written by this project: architecture and class names from its metadata.</summary>
+    public static Predictor FromCheckpoint(string checkpointFile)
+    {
+        using StateDict weights = StateDictFile.Load(checkpointFile);
+        IReadOnlyDictionary<string, string> metadata = weights.Metadata;
+        if (!metadata.TryGetValue(ArchitectureKey, out string? architecture) || !metadata.TryGetValue(ClassNamesKey, out string? namesJson))
+        {
+            throw new WeightsFileException(checkpointFile, $"not a checkpoint of this project: its metadata lacks '{ArchitectureKey}' or '{ClassNamesKey}' (use --model ARCH --weights FILE for plain weights)");
+        }
+        string[] names = JsonSerializer.Deserialize<string[]>(namesJson)
+            ?? throw new WeightsFileException(checkpointFile, $"metadata '{ClassNamesKey}' is not a JSON array of strings");
+        ArchitectureInfo info = ModelCatalog.Find(architecture);
+        Backbone model = info.Build(new BackboneOptions(NumClasses: names.Length));
+        WeightsLoader.Apply(model, weights, strict: true);
+        return new Predictor(info, model, names);
+    }
+
+    /// <summary>Writes a checkpoint `FromCheckpoint` reads back: the weights, the architecture and the class names.</summary>
+    public static void SaveCheckpoint(string path, string architecture, nn.Module model, IReadOnlyList<string> classNames) =>
+        StateDictFile.SaveSafetensors(path, model, new Dictionary<string, string>
+        {
+            [ArchitectureKey] = architecture,
+            [ClassNamesKey] = JsonSerializer.Serialize(classNames),
+        });
+
+    public IReadOnlyList<ImagePrediction> Predict(IReadOnlyList<string> images, int top, int batchSize = 16)
+    {
+        Preprocessing preprocessing = Architecture.Preprocessing;
+        int length = ImageDecoder.ImageLength(preprocessing);
+        int side = preprocessing.InputSize;
+        var results = new ImagePrediction[images.Count];
+        var buffer = new float[batchSize * length];
+        var batch = new List<int>(batchSize);
+        for (int start = 0; start < images.Count; start += batchSize)
+        {
+            batch.Clear();
+            for (int i = start; i < Math.Min(images.Count, start + batchSize); i++)
+            {
+                ImageDecodeResult decoded = _decoder.Decode(images[i], preprocessing, buffer.AsSpan(batch.Count * length, length));
+                if (decoded.IsOk)
+                {
+                    batch.Add(i);
+                }
+                else
+                {
+                    results[i] = new ImagePrediction(images[i], [], $"{decoded.Reason!.Value.Code()}: {decoded.Message}");
+                }
+            }
+            if (batch.Count == 0)
+            {
+                continue;
+            }
+            using var scope = NewDisposeScope();
+            using var noGrad = no_grad();
+            Tensor input = tensor(buffer, [batchSize, 3, side, side]).narrow(0, 0, batch.Count);
+            Tensor probabilities = nn.functional.softmax(_model.forward(input), 1);
+            int k = Math.Min(top, ClassNames.Count);
+            var (values, indices) = probabilities.topk(k, dim: 1);
+            float[] p = values.data<float>().ToArray();
+            long[] index = indices.data<long>().ToArray();
+            for (int b = 0; b < batch.Count; b++)
+            {
+                results[batch[b]] = new ImagePrediction(images[batch[b]],
+                    Enumerable.Range(0, k).Select(j => new ClassProbability((int)index[b * k + j], ClassNames[(int)index[b * k + j]], p[b * k + j])).ToList());
+            }
+        }
+        return results;
+    }
+
+    public void Dispose() => _model.Dispose();
+}
