@@ -85,7 +85,16 @@ public sealed class FeatureExtractor(
                 // A view over the batch's pinned buffer, not a copy: the forward pass reads the decoded pixels in place
                 // (the buffer goes back to the pipeline only after this scope has released the view).
                 Tensor input = tensor(batch.Buffer, [batch.Buffer.Length / batch.ImageLength, 3, side, side]).narrow(0, 0, batch.Count);
-                input = input.to(computeType, device.Device);
+                if (device.IsCuda)
+                {
+                    // GPU: stage in page-locked host memory so the host-to-device copy is asynchronous; the decoders
+                    // meanwhile fill the next batch. (Untested here: no CUDA build of TorchSharp in this environment.)
+                    input = input.pin_memory().to(device.Device, non_blocking: true).to(computeType);
+                }
+                else
+                {
+                    input = input.to(computeType);
+                }
                 if (computeType == ScalarType.BFloat16)
                 {
                     input = ModelProvider.ChannelsLast(input);
