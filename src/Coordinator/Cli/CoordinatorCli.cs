@@ -1,6 +1,7 @@
 using System.Runtime.InteropServices;
 using Cluster.Coordinator.Cli.Commands;
 using Cluster.Hosting;
+using Cluster.Storage.Datasets;
 using Cluster.Storage.Files;
 using Serilog;
 using Spectre.Console.Cli;
@@ -78,6 +79,17 @@ public static class CoordinatorCli
                 .WithDescription("Run the coordinator service (records worker heartbeats; later: plans and schedules sweeps).");
             c.AddCommand<WorkersCommand>("workers")
                 .WithDescription("List live workers from their heartbeats.");
+            c.AddBranch("dataset", dataset =>
+            {
+                dataset.SetDescription("Datasets: import image files, scan folders into versioned manifests.");
+                dataset.AddCommand<DatasetImportIdxCommand>("import-idx")
+                    .WithDescription("Write an IDX (MNIST / Fashion-MNIST) image and label file pair as a folder of PNGs, one subfolder per class.")
+                    .WithExample("dataset", "import-idx", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "fashion-test", "--classes", "fashion-mnist");
+                dataset.AddCommand<DatasetScanCommand>("scan")
+                    .WithDescription("Hash a folder of images (one subfolder per class, or --manifest) into datasets/<id>/manifest.tsv under the storage root.")
+                    .WithExample("dataset", "scan", "cats_and_dogs_small/train")
+                    .WithExample("dataset", "scan", "photos", "--manifest", "photos/labels.tsv", "--format", "json");
+            });
             c.AddBranch("config", config =>
             {
                 config.SetDescription("Configuration.");
@@ -97,6 +109,7 @@ public static class CoordinatorCli
     {
         ClusterConfigurationException => e.Message,
         StoragePathException => e.Message,
+        DatasetInputException => e.Message,
         CommandParseException or CommandRuntimeException => e.Message,
         _ => null,
     };
