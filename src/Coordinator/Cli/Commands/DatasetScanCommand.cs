@@ -44,7 +44,7 @@ public sealed class DatasetScanCommand : AsyncCommand<DatasetScanSettings>
             SkippedImage? first = manifest.Skipped.FirstOrDefault();
             throw new DatasetInputException(
                 $"No images found under '{settings.Directory}'"
-                + (first is null ? " (expected one subfolder per class, or --manifest)." : $"; {manifest.Skipped.Count} skipped, e.g. '{DatasetManifest.Escape(first.Path)}': {first.Message}."));
+                + (first is null ? " (expected one subfolder per class, or --manifest)." : $"; {manifest.Skipped.Count} skipped, e.g. '{PrintableText.Escape(first.Path)}': {first.Message}."));
         }
         await manifest.SaveAsync(store, cancellationToken);
         string manifestPath = store.Resolve($"{manifest.Directory}/{DatasetManifest.ManifestFileName}");
@@ -80,7 +80,7 @@ public sealed class DatasetScanCommand : AsyncCommand<DatasetScanSettings>
                 var skipped = new Table().Border(TableBorder.Rounded).AddColumns("skipped", "reason", "why");
                 foreach (SkippedImage s in manifest.Skipped.Take(settings.ShowSkipped))
                 {
-                    skipped.AddRow(Markup.Escape(DatasetManifest.Escape(s.Path)), s.Reason.Code(), Markup.Escape(s.Message));
+                    skipped.AddRow(Markup.Escape(PrintableText.Escape(s.Path)), s.Reason.Code(), Markup.Escape(s.Message));
                 }
                 AnsiConsole.Write(skipped);
                 if (manifest.Skipped.Count > settings.ShowSkipped)
