@@ -61,11 +61,7 @@ public sealed class DatasetImportIdxCommand : AsyncCommand<DatasetImportIdxSetti
                 .StartAsync(async progress =>
                 {
                     ProgressTask task = progress.AddTask($"writing PNGs into {Markup.Escape(settings.OutputDirectory)}", maxValue: 1);
-                    var report = new Progress<IdxImportProgress>(p =>
-                    {
-                        task.MaxValue = p.Total;
-                        task.Value = p.Written;
-                    });
+                    var report = new ProgressBar(task);
                     IdxImportResult imported = await IdxImporter.ImportAsync(settings.Images, settings.Labels, settings.OutputDirectory, options, report, cancellationToken);
                     task.Value = task.MaxValue;
                     return imported;
@@ -98,5 +94,18 @@ public sealed class DatasetImportIdxCommand : AsyncCommand<DatasetImportIdxSetti
                 + $"{Markup.Escape(result.OutputDirectory)} in {seconds:F1} s. Next: `coordinator dataset scan {Markup.Escape(result.OutputDirectory)}`.");
         });
         return 0;
+    }
+
+    /// <summary>
+    /// Moves the bar on the importer's thread: System.Progress would post each report to the thread pool, where a
+    /// late one could pull the finished bar back below 100%.
+    /// </summary>
+    private sealed class ProgressBar(ProgressTask task) : IProgress<IdxImportProgress>
+    {
+        public void Report(IdxImportProgress value)
+        {
+            task.MaxValue = value.Total;
+            task.Value = value.Written;
+        }
     }
 }
