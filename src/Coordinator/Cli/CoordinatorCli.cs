@@ -1,6 +1,7 @@
 using System.Runtime.InteropServices;
 using Cluster.Coordinator.Cli.Commands;
 using Cluster.Hosting;
+using Cluster.Storage.Datasets;
 using Cluster.Storage.Files;
 using Serilog;
 using Spectre.Console.Cli;
@@ -107,6 +108,17 @@ public static class CoordinatorCli
                 models.AddCommand<ModelsBenchCommand>("bench").WithDescription("Forward-only images/s on random input (the compute limit of this machine).")
                     .WithExample("models", "bench", "resnet18", "--precision", "bf16");
             });
+            c.AddBranch("dataset", dataset =>
+            {
+                dataset.SetDescription("Datasets: import image files, scan folders into versioned manifests.");
+                dataset.AddCommand<DatasetImportIdxCommand>("import-idx")
+                    .WithDescription("Write an IDX (MNIST / Fashion-MNIST) image and label file pair as a folder of PNGs, one subfolder per class.")
+                    .WithExample("dataset", "import-idx", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "fashion-test", "--classes", "fashion-mnist");
+                dataset.AddCommand<DatasetScanCommand>("scan")
+                    .WithDescription("Hash a folder of images (one subfolder per class, or --manifest) into datasets/<id>/manifest.tsv under the storage root.")
+                    .WithExample("dataset", "scan", "cats_and_dogs_small/train")
+                    .WithExample("dataset", "scan", "photos", "--manifest", "photos/labels.tsv", "--format", "json");
+            });
             c.AddBranch("config", config =>
             {
                 config.SetDescription("Configuration.");
@@ -126,6 +138,7 @@ public static class CoordinatorCli
     {
         ClusterConfigurationException => e.Message,
         StoragePathException => e.Message,
+        DatasetInputException => e.Message,
         CommandParseException or CommandRuntimeException => e.Message,
         _ => null,
     };

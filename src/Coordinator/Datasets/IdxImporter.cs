@@ -25,6 +25,9 @@ public sealed record IdxImportOptions(IdxClassNames Classes = IdxClassNames.Digi
 /// <summary>One class folder an import wrote.</summary>
 public sealed record ImportedClass(int Label, string Name, int Images);
 
+/// <summary>How far an import is: <see cref="Written"/> of <see cref="Total"/> images.</summary>
+public readonly record struct IdxImportProgress(int Written, int Total);
+
 /// <summary>What an import wrote.</summary>
 public sealed record IdxImportResult(string OutputDirectory, int Images, int Rows, int Columns, IReadOnlyList<ImportedClass> Classes);
 
@@ -56,7 +59,7 @@ public static class IdxImporter
         string labelsFile,
         string outputDirectory,
         IdxImportOptions? options,
-        IProgress<int>? progress,
+        IProgress<IdxImportProgress>? progress,
         CancellationToken ct)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(outputDirectory);
@@ -114,7 +117,7 @@ public static class IdxImporter
                     var count = Interlocked.Increment(ref done);
                     if (count % 256 == 0)
                     {
-                        progress?.Report(count);
+                        progress?.Report(new IdxImportProgress(count, images.Count));
                     }
                 }),
                 ct);
@@ -124,7 +127,7 @@ public static class IdxImporter
             pinned.Free();
         }
 
-        progress?.Report(images.Count);
+        progress?.Report(new IdxImportProgress(images.Count, images.Count));
         var classes = Enumerable.Range(0, perClass.Length)
             .Where(label => perClass[label] > 0)
             .Select(label => new ImportedClass(label, names[label]!, perClass[label]))

@@ -63,6 +63,9 @@ public sealed class ImageDecoder
         Options = options ?? new ImageDecoderOptions();
         ArgumentOutOfRangeException.ThrowIfLessThan(Options.MaxPixels, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(Options.MaxFileBytes, 1);
+
+        // A file is held in one buffer while it is decoded.
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(Options.MaxFileBytes, Array.MaxLength);
         if (Options.Root is { } root)
         {
             if (!Directory.Exists(root))
@@ -151,7 +154,7 @@ public sealed class ImageDecoder
         return DecodeData(data, preprocessing, destination);
     }
 
-    /// <summary>Decodes the rest of <paramref name="stream"/>, reading at most <see cref="ImageDecoderOptions.MaxFileBytes"/> + 1 bytes.</summary>
+    /// <summary>Decodes the rest of <paramref name="stream"/>; stops reading once it exceeds <see cref="ImageDecoderOptions.MaxFileBytes"/>.</summary>
     public ImageDecodeResult Decode(Stream stream, Preprocessing preprocessing, Span<float> destination)
     {
         ArgumentNullException.ThrowIfNull(stream);
@@ -215,11 +218,6 @@ public sealed class ImageDecoder
         if (info.Length == 0)
         {
             return Fail(out failure, ImageSkipReason.Empty, "the file is empty (0 bytes) or not a regular file");
-        }
-
-        if (info.Length > Options.MaxFileBytes)
-        {
-            return Fail(out failure, ImageSkipReason.TooLarge, $"the file has {info.Length:N0} bytes; the limit is {Options.MaxFileBytes:N0}");
         }
 
         try
@@ -436,7 +434,7 @@ public sealed class ImageDecoder
                 throw new ArgumentException($"Preprocessing '{p.Name}': the mean image has {meanImage.Length} values, not 3x{p.InputSize}x{p.InputSize}.", nameof(p));
             }
         }
-        else if (p.Mean.Length != Channels || p.Std.Length != Channels || p.Std.Any(s => s == 0))
+        else if (p.Mean.Length != Channels || p.Std.Length != Channels || Array.IndexOf(p.Std, 0f) >= 0)
         {
             throw new ArgumentException($"Preprocessing '{p.Name}': mean and std need three values each, std none zero.", nameof(p));
         }

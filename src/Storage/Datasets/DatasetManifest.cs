@@ -188,39 +188,15 @@ public sealed class DatasetManifest
         foreach (var skipped in Skipped)
         {
             // Skipped paths are often skipped *because* of a tab or newline in them; escaped, each stays one line.
-            await writer.WriteLineAsync($"{Escape(skipped.Path)}\t{skipped.Reason.Code()}\t{Escape(skipped.Message)}");
+            await writer.WriteLineAsync($"{PrintableText.Escape(skipped.Path)}\t{skipped.Reason.Code()}\t{PrintableText.Escape(skipped.Message)}");
         }
-    }
-
-    /// <summary>Control characters as \uXXXX, so any text fits in one TSV field.</summary>
-    public static string Escape(string text)
-    {
-        if (!text.Any(char.IsControl))
-        {
-            return text;
-        }
-
-        var builder = new StringBuilder(text.Length + 8);
-        foreach (var c in text)
-        {
-            if (char.IsControl(c))
-            {
-                builder.Append(CultureInfo.InvariantCulture, $"\\u{(int)c:x4}");
-            }
-            else
-            {
-                builder.Append(c);
-            }
-        }
-
-        return builder.ToString();
     }
 
     private static void Validate(DatasetEntry entry)
     {
         if (entry.Path.Length == 0 || entry.Path.Any(char.IsControl) || entry.Label.Length == 0 || entry.Label.Any(char.IsControl))
         {
-            throw new ArgumentException($"Entry '{Escape(entry.Path)}' has an empty path or label, or a control character in one.", nameof(entry));
+            throw new ArgumentException($"Entry '{PrintableText.Escape(entry.Path)}' has an empty path or label, or a control character in one.", nameof(entry));
         }
 
         if (entry.Sha256.Length != 64 || !entry.Sha256.All(char.IsAsciiHexDigitLower))
@@ -243,7 +219,7 @@ public sealed class DatasetManifest
         var first = await reader.ReadLineAsync(ct);
         if (first != header)
         {
-            throw new DatasetInputException($"{relativePath}:1: expected the header '{Escape(header)}', found '{Escape(first ?? "")}'.");
+            throw new DatasetInputException($"{relativePath}:1: expected the header '{PrintableText.Escape(header)}', found '{PrintableText.Escape(first ?? "")}'.");
         }
 
         var lineNumber = 1;

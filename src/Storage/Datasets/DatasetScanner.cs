@@ -124,7 +124,7 @@ public static class DatasetScanner
             }
 
             // The path is judged as written and where its links really lead: both must stay inside the root.
-            var full = Path.GetFullPath(listed.Replace('\\', '/'), realRoot);
+            var full = Path.GetFullPath(listed, realRoot);
             if (!RealPaths.IsInside(realRoot, full))
             {
                 skipped.Add(new SkippedImage(listed, ImageSkipReason.OutsideRoot, $"line {lineNumber}: the path is outside the dataset root '{realRoot}'"));

@@ -1,6 +1,3 @@
-using System.Globalization;
-using System.Text;
-
 namespace Cluster.Storage.Files;
 
 /// <summary>
@@ -9,8 +6,9 @@ namespace Cluster.Storage.Files;
 /// </summary>
 public sealed class StoragePathException : Exception
 {
+    // The message stays one readable line even when the path carries newlines or NULs.
     public StoragePathException(string path, string reason)
-        : base($"Storage path '{Printable(path)}' is refused: {reason}.")
+        : base($"Storage path '{PrintableText.Escape(path)}' is refused: {reason}.")
     {
         Path = path;
         Reason = reason;
@@ -21,23 +19,4 @@ public sealed class StoragePathException : Exception
 
     /// <summary>Why it was refused, e.g. "it contains a '..' segment".</summary>
     public string Reason { get; }
-
-    // The message must stay one readable line even when the path carries newlines or NULs.
-    private static string Printable(string path)
-    {
-        var builder = new StringBuilder(path.Length);
-        foreach (var c in path)
-        {
-            if (char.IsControl(c))
-            {
-                builder.Append(CultureInfo.InvariantCulture, $"\\u{(int)c:x4}");
-            }
-            else
-            {
-                builder.Append(c);
-            }
-        }
-
-        return builder.ToString();
-    }
 }

@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using System.IO.Compression;
 using Cluster.Coordinator.Datasets;
 using Cluster.Storage.Datasets;
@@ -13,9 +12,6 @@ public sealed class IdxImporterTests : IDisposable
     private const string FashionMnist = "/usr/share/datasets/fashion-mnist";
     private const string InstallFashionMnist = "apt-get install dataset-fashion-mnist";
 
-    // Five 3x2 images whose pixels are 10 × image + position, and their labels.
-    private static readonly byte[] s_labels = [1, 0, 1, 2, 0];
-
     private readonly string _folder = Directory.CreateTempSubdirectory("idx-importer-tests-").FullName;
 
     public void Dispose() => Directory.Delete(_folder, recursive: true);
@@ -25,7 +21,7 @@ public sealed class IdxImporterTests : IDisposable
     [InlineData(true)]
     public async Task Each_image_becomes_a_grayscale_png_in_its_class_folder_named_by_its_index(bool gzip)
     {
-        var (images, labels) = WriteTinyIdx(gzip);
+        var (images, labels) = IdxFiles.WriteTiny(_folder, gzip);
         var output = Path.Combine(_folder, "out");
 
         var result = await IdxImporter.ImportAsync(images, labels, output, null, null, CancellationToken.None);
@@ -36,15 +32,15 @@ public sealed class IdxImporterTests : IDisposable
         Files(output).ShouldBe(["0/00001.png", "0/00004.png", "1/00000.png", "1/00002.png", "2/00003.png"]);
         for (var index = 0; index < 5; index++)
         {
-            var path = Path.Combine(output, s_labels[index].ToString(System.Globalization.CultureInfo.InvariantCulture), $"{index:D5}.png");
-            GrayPixels(path, 3, 2).ShouldBe(TinyPixels(index));
+            var path = Path.Combine(output, IdxFiles.TinyLabels[index].ToString(System.Globalization.CultureInfo.InvariantCulture), $"{index:D5}.png");
+            GrayPixels(path, 3, 2).ShouldBe(IdxFiles.TinyPixels(index));
         }
     }
 
     [Fact]
     public async Task A_limit_imports_only_the_first_images_and_fashion_names_name_the_folders()
     {
-        var (images, labels) = WriteTinyIdx(gzip: true);
+        var (images, labels) = IdxFiles.WriteTiny(_folder, gzip: true);
         var output = Path.Combine(_folder, "out");
 
         var result = await IdxImporter.ImportAsync(images, labels, output, new IdxImportOptions(IdxClassNames.FashionMnist, Limit: 3), null, CancellationToken.None);
@@ -57,7 +53,7 @@ public sealed class IdxImporterTests : IDisposable
     [Fact]
     public async Task The_imported_tree_scans_as_a_dataset()
     {
-        var (images, labels) = WriteTinyIdx(gzip: false);
+        var (images, labels) = IdxFiles.WriteTiny(_folder, gzip: false);
         var output = Path.Combine(_folder, "out");
         await IdxImporter.ImportAsync(images, labels, output, null, null, CancellationToken.None);
 
@@ -71,13 +67,13 @@ public sealed class IdxImporterTests : IDisposable
     [Fact]
     public async Task Bad_input_is_one_clear_error_naming_the_file()
     {
-        var (images, labels) = WriteTinyIdx(gzip: false);
+        var (images, labels) = IdxFiles.WriteTiny(_folder, gzip: false);
         var imageBytes = File.ReadAllBytes(images);
-        var truncated = Write("truncated-images", imageBytes[..^4]);
-        var trailing = Write("trailing-images", [.. imageBytes, 0]);
-        var fewerLabels = Write("fewer-labels", Idx(0x801, [4], s_labels[..4]));
-        var badGzip = Write("bad.gz", [0x1F, 0x8B, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
-        var text = Write("notes.txt", "hello, not an IDX file"u8.ToArray());
+        var truncated = IdxFiles.Write(_folder, "truncated-images", imageBytes[..^4]);
+        var trailing = IdxFiles.Write(_folder, "trailing-images", [.. imageBytes, 0]);
+        var fewerLabels = IdxFiles.Write(_folder, "fewer-labels", IdxFiles.Idx(0x801, [4], IdxFiles.TinyLabels[..4]));
+        var badGzip = IdxFiles.Write(_folder, "bad.gz", [0x1F, 0x8B, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        var text = IdxFiles.Write(_folder, "notes.txt", "hello, not an IDX file"u8.ToArray());
         var output = Path.Combine(_folder, "out");
 
         async Task<string> Error(string imagesFile, string labelsFile, IdxImportOptions? options = null, string? outputDirectory = null) =>
@@ -91,7 +87,7 @@ public sealed class IdxImporterTests : IDisposable
         (await Error(trailing, labels)).ShouldContain($"'{trailing}' has data after");
         (await Error(images, fewerLabels)).ShouldBe($"'{images}' holds 5 images but '{fewerLabels}' holds 4 labels; they must be a matching pair.");
         (await Error(badGzip, labels)).ShouldContain($"'{badGzip}' looks gzip-compressed but is not valid gzip");
-        var manyLabels = Write("many-labels", Idx(0x801, [5], [1, 0, 11, 2, 0]));
+        var manyLabels = IdxFiles.Write(_folder, "many-labels", IdxFiles.Idx(0x801, [5], [1, 0, 11, 2, 0]));
         (await Error(images, manyLabels, new IdxImportOptions(IdxClassNames.FashionMnist))).ShouldContain("label 11 of image 2 is not one of the 10 Fashion-MNIST classes");
         Directory.CreateDirectory(Path.Combine(_folder, "full", "something"));
         (await Error(images, labels, outputDirectory: Path.Combine(_folder, "full"))).ShouldContain("is not empty");
@@ -104,7 +100,7 @@ public sealed class IdxImporterTests : IDisposable
         var images = Path.Combine(FashionMnist, "t10k-images-idx3-ubyte.gz");
         var labels = Path.Combine(FashionMnist, "t10k-labels-idx1-ubyte.gz");
         var output = Path.Combine(_folder, "fashion");
-        var reported = new List<int>();
+        var reported = new List<IdxImportProgress>();
 
         var result = await IdxImporter.ImportAsync(images, labels, output, new IdxImportOptions(IdxClassNames.FashionMnist, Limit: 100), new Progress(reported), CancellationToken.None);
 
@@ -123,39 +119,7 @@ public sealed class IdxImporterTests : IDisposable
         result.Classes.Sum(c => c.Images).ShouldBe(100);
         var seventh = Path.Combine(output, IdxImporter.FashionMnistClasses[labelBytes[7]], "00007.png");
         GrayPixels(seventh, 28, 28).ShouldBe(imageBytes.AsSpan(16 + (7 * 784), 784).ToArray());
-        reported.ShouldContain(100);
-    }
-
-    private (string Images, string Labels) WriteTinyIdx(bool gzip)
-    {
-        var pixels = Enumerable.Range(0, 5).SelectMany(TinyPixels).ToArray();
-        var images = Write(gzip ? "images.gz" : "images", Idx(0x803, [5, 2, 3], pixels), gzip);
-        var labels = Write(gzip ? "labels.gz" : "labels", Idx(0x801, [5], s_labels), gzip);
-        return (images, labels);
-    }
-
-    private static byte[] TinyPixels(int index) => Enumerable.Range(0, 6).Select(p => (byte)((10 * index) + p)).ToArray();
-
-    private static byte[] Idx(int magic, int[] sizes, byte[] body)
-    {
-        var bytes = new byte[4 + (4 * sizes.Length) + body.Length];
-        BinaryPrimitives.WriteInt32BigEndian(bytes, magic);
-        for (var i = 0; i < sizes.Length; i++)
-        {
-            BinaryPrimitives.WriteInt32BigEndian(bytes.AsSpan(4 + (4 * i)), sizes[i]);
-        }
-
-        body.CopyTo(bytes, 4 + (4 * sizes.Length));
-        return bytes;
-    }
-
-    private string Write(string name, byte[] bytes, bool gzip = false)
-    {
-        var path = Path.Combine(_folder, name);
-        using var file = File.Create(path);
-        using var stream = gzip ? new GZipStream(file, CompressionLevel.Fastest) : (Stream)file;
-        stream.Write(bytes);
-        return path;
+        reported.ShouldContain(new IdxImportProgress(100, 100));
     }
 
     private static byte[] Gunzip(string path)
@@ -191,9 +155,9 @@ public sealed class IdxImporterTests : IDisposable
     }
 
     /// <summary>Records reports synchronously (System.Progress would post them to the thread pool, after the import returns).</summary>
-    private sealed class Progress(List<int> reported) : IProgress<int>
+    private sealed class Progress(List<IdxImportProgress> reported) : IProgress<IdxImportProgress>
     {
-        public void Report(int value)
+        public void Report(IdxImportProgress value)
         {
             lock (reported)
             {

@@ -61,14 +61,15 @@ public sealed class DecodeThroughputBenchmark(ITestOutputHelper output) : IDispo
     private string WritePhotoLikeJpeg(int width, int height, int seed)
     {
         var random = new Random(seed);
-        using var bitmap = new SKBitmap(new SKImageInfo(width, height, SKColorType.Rgba8888, SKAlphaType.Opaque));
+        var info = new SKImageInfo(width, height, SKColorType.Rgba8888, SKAlphaType.Opaque);
+        using var bitmap = new SKBitmap(info);
         using (var canvas = new SKCanvas(bitmap))
         {
             using var paint = new SKPaint { IsAntialias = true };
             paint.Shader = SKShader.CreateLinearGradient(
                 new SKPoint(0, 0),
                 new SKPoint(width, height),
-                [new SKColor((uint)random.Next()) .WithAlpha(255), new SKColor((uint)random.Next()).WithAlpha(255)],
+                [new SKColor((uint)random.Next()).WithAlpha(255), new SKColor((uint)random.Next()).WithAlpha(255)],
                 SKShaderTileMode.Clamp);
             canvas.DrawRect(0, 0, width, height, paint);
             paint.Shader = null;
@@ -79,17 +80,15 @@ public sealed class DecodeThroughputBenchmark(ITestOutputHelper output) : IDispo
             }
         }
 
-        var pixels = bitmap.GetPixelSpan();
-        var noise = new byte[pixels.Length];
-        random.NextBytes(noise);
-        var writable = System.Runtime.InteropServices.MemoryMarshal.CreateSpan(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(pixels), pixels.Length);
-        for (var i = 0; i < writable.Length; i++)
+        var pixels = bitmap.GetPixelSpan().ToArray();
+        for (var i = 0; i < pixels.Length; i++)
         {
-            writable[i] = (byte)Math.Clamp(writable[i] + ((noise[i] % 9) - 4), 0, 255);
+            pixels[i] = (byte)Math.Clamp(pixels[i] + random.Next(-4, 5), 0, 255);
         }
 
         var name = $"{width}x{height}-{seed}.jpg";
-        using var data = bitmap.Encode(SKEncodedImageFormat.Jpeg, 90);
+        using var noisy = SKImage.FromPixelCopy(info, pixels);
+        using var data = noisy.Encode(SKEncodedImageFormat.Jpeg, 90);
         File.WriteAllBytes(Path.Combine(_root, name), data.ToArray());
         return name;
     }

@@ -77,14 +77,7 @@ public sealed class ImageBatchPipelineTests : IClassFixture<ImageBatchPipelineTe
 
         for (var run = 0; run < 3; run++)
         {
-            var images = 0;
-            await foreach (var batch in pipeline.RunAsync(_paths, 0, Timeout()))
-            {
-                images += batch.Count;
-                batch.Dispose();
-            }
-
-            images.ShouldBe(ImageCount - s_bad.Count);
+            (await ImagesDeliveredAsync(pipeline)).ShouldBe(ImageCount - s_bad.Count);
         }
 
         pipeline.BuffersCreated.ShouldBeLessThanOrEqualTo(2);
@@ -94,13 +87,8 @@ public sealed class ImageBatchPipelineTests : IClassFixture<ImageBatchPipelineTe
     public async Task One_buffer_is_enough_to_finish()
     {
         var pipeline = new ImageBatchPipeline(s_preprocessing, Options(maxBuffers: 1) with { BatchSize = 7 });
-        var images = 0;
 
-        await foreach (var batch in pipeline.RunAsync(_paths, 0, Timeout()))
-        {
-            images += batch.Count;
-            batch.Dispose();
-        }
+        var images = await ImagesDeliveredAsync(pipeline);
 
         images.ShouldBe(ImageCount - s_bad.Count);
         pipeline.BuffersCreated.ShouldBe(1);
@@ -120,12 +108,7 @@ public sealed class ImageBatchPipelineTests : IClassFixture<ImageBatchPipelineTe
         }
 
         // Were any buffer lost, this run would wait for it forever (and time out).
-        var images = 0;
-        await foreach (var batch in pipeline.RunAsync(_paths, 0, Timeout()))
-        {
-            images += batch.Count;
-            batch.Dispose();
-        }
+        var images = await ImagesDeliveredAsync(pipeline);
 
         images.ShouldBe(ImageCount - s_bad.Count);
         pipeline.BuffersCreated.ShouldBeLessThanOrEqualTo(3);
@@ -145,6 +128,19 @@ public sealed class ImageBatchPipelineTests : IClassFixture<ImageBatchPipelineTe
                 await cancel.CancelAsync();
             }
         });
+    }
+
+    /// <summary>Runs the pipeline over all paths, disposing each batch at once; the number of images delivered.</summary>
+    private async Task<int> ImagesDeliveredAsync(ImageBatchPipeline pipeline)
+    {
+        var images = 0;
+        await foreach (var batch in pipeline.RunAsync(_paths, 0, Timeout()))
+        {
+            images += batch.Count;
+            batch.Dispose();
+        }
+
+        return images;
     }
 
     private ImagePipelineOptions Options(int maxBuffers) => new()
