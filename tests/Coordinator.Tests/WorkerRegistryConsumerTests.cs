@@ -26,6 +26,12 @@ public sealed class WorkerRegistryConsumerTests : IAsyncLifetime
         _provider = new ServiceCollection()
             .AddSingleton<IDbContextFactory<ClusterDbContext>>(_database)
             .AddMassTransitTestHarness(x => x.AddConsumer<WorkerRegistryConsumer>())
+            // The defaults (30 s, 6 s of inactivity) are tight on a loaded 2-core CI machine.
+            .Configure<TestHarnessOptions>(o =>
+            {
+                o.TestTimeout = TimeSpan.FromMinutes(3);
+                o.TestInactivityTimeout = TimeSpan.FromMinutes(1);
+            })
             .BuildServiceProvider(true);
         _harness = _provider.GetRequiredService<ITestHarness>();
         await _harness.Start();

@@ -159,6 +159,17 @@ public sealed class FeatureSetPlanner(ClusterDbContextFactory databases, FileSto
             ClassCount = dataset.Classes.Count,
             CreatedAt = DateTime.UtcNow,
         });
+        // Files the scan could not use are recorded with the images the decoders will skip: one list per dataset.
+        foreach (SkippedImage skipped in dataset.Skipped)
+        {
+            db.SkippedImages.Add(new SkippedImageRecord
+            {
+                DatasetId = dataset.Id,
+                Path = skipped.Path,
+                Reason = $"{skipped.Reason.Code()}: {skipped.Message}",
+                RecordedAt = DateTime.UtcNow,
+            });
+        }
         try
         {
             await db.SaveChangesAsync(cancellationToken);

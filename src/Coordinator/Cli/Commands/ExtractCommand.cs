@@ -301,9 +301,8 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
         {
             skipped = await db.SkippedImages.AsNoTracking().Where(s => s.DatasetId == set.DatasetId).OrderBy(s => s.Path).ToListAsync(cancellationToken);
         }
-        // Files the scan itself could not use (unreadable, links out of the root) are skipped too.
-        var scanSkipped = request.Dataset.Skipped.Select(s => (s.Path, Reason: $"{s.Reason.Code()}: {s.Message}")).ToList();
-        var allSkipped = skipped.Select(s => (s.Path, s.Reason)).Concat(scanSkipped).OrderBy(s => s.Path, StringComparer.Ordinal).ToList();
+        // Both the files the scan could not use and the images the decoders skipped, as recorded for the dataset.
+        var allSkipped = skipped.Select(s => (s.Path, s.Reason)).ToList();
         string path = Path.Combine(cli.Settings.StorageRoot, "features", set.Key);
         double seconds = elapsed.TotalSeconds;
         CliOutput.Write(settings, new
