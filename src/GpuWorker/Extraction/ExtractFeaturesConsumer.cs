@@ -10,9 +10,9 @@ using Microsoft.Extensions.Logging;
 namespace Cluster.GpuWorker.Extraction;
 
 /// <summary>
-/// Runs an <see cref="ExtractFeatures"/> job. Problems of the request itself (unknown model or layer, unreadable
-/// weights, missing dataset) are recorded as a failed shard with the reason, not retried; anything else (a crash,
-/// shutdown) leaves the message to be redelivered.
+/// Runs an <see cref="ExtractFeatures"/> job. A job that fails (unknown model or layer, unreadable weights, missing
+/// dataset, or anything unexpected) is recorded as a failed shard with the reason, not retried; a crash or a shutdown
+/// leaves the message to be redelivered.
 /// </summary>
 public sealed class ExtractFeaturesConsumer(FeatureExtractor extractor, WorkerIdentity identity, JobTracker jobs, ILogger<ExtractFeaturesConsumer> logger)
     : IConsumer<ExtractFeatures>
@@ -36,16 +36,24 @@ public sealed class ExtractFeaturesConsumer(FeatureExtractor extractor, WorkerId
                 Seconds = outcome.Seconds,
             });
         }
-        catch (Exception e) when (IsBadRequest(e))
+        catch (Exception e) when (e is not OperationCanceledException || !context.CancellationToken.IsCancellationRequested)
         {
-            logger.LogError("Shard {Shard} of {FeatureSet} cannot be extracted: {Reason}", job.ShardIndex, job.FeatureSetKey, e.Message);
-            await extractor.RecordFailureAsync(job, e.Message);
+            // Any failure of the job itself is recorded with its reason for the requester (who can run the request
+            // again to retry just the failed shards); only shutdown leaves the message unacknowledged, to be
+            // redelivered, as a crash of the process does.
+            Exception cause = e is AggregateException { InnerExceptions.Count: 1 } a ? a.InnerExceptions[0] : e;
+            if (!IsBadRequest(cause))
+            {
+                logger.LogError(cause, "Shard {Shard} of {FeatureSet} failed unexpectedly", job.ShardIndex, job.FeatureSetKey);
+            }
+            logger.LogError("Shard {Shard} of {FeatureSet} cannot be extracted: {Reason}", job.ShardIndex, job.FeatureSetKey, cause.Message);
+            await extractor.RecordFailureAsync(job, cause.Message);
             await context.Publish(new FeatureShardFailed
             {
                 FeatureSetKey = job.FeatureSetKey,
                 ShardIndex = job.ShardIndex,
                 WorkerId = identity.WorkerId,
-                Reason = e.Message,
+                Reason = cause.Message,
             });
         }
     }

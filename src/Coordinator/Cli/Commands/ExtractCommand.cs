@@ -107,7 +107,7 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
             throw new ClusterConfigurationException($"--dataset '{settings.Dataset}' is not a folder.");
         }
         ArchitectureInfo architecture = FindArchitecture(settings.Model);
-        string layer = CanonicalLayer(architecture, settings.Layer ?? architecture.DefaultTap);
+        string layer = CanonicalLayer(architecture, settings.Layer ?? architecture.DefaultTap, settings);
         await cli.RequireBrokerAsync(cancellationToken);
         await cli.RequireDatabaseAsync(cancellationToken);
         var store = new FileStore(cli.Settings.StorageRoot);
@@ -172,18 +172,33 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
         }
     }
 
-    /// <summary>The step name a tap or alias designates, so that `block5_pool` and `features.36` share a cache key.</summary>
-    private static string CanonicalLayer(ArchitectureInfo architecture, string tap)
+    /// <summary>
+    /// The step name a tap or alias designates, so that `block5_pool` and `features.36` share a cache key; and a
+    /// check that one shard's features fit in memory (a worker holds a whole shard before writing it).
+    /// </summary>
+    private static string CanonicalLayer(ArchitectureInfo architecture, string tap, ExtractSettings settings)
     {
         using Backbone model = architecture.Build();
+        int step;
         try
         {
-            return model.Steps[model.ResolveTap(tap)].Name;
+            step = model.ResolveTap(tap);
         }
         catch (UnknownNameException e)
         {
             throw e.AsConfigurationError();
         }
+        long[] shape = model.TraceShapes(architecture.InputSize)[step].Shape;
+        long floats = settings.Pool == "avg" ? shape[0] : shape.Aggregate(1L, (a, b) => a * b);
+        long shardBytes = floats * 4 * settings.ShardSize;
+        const long MaxShardBytes = 1L << 30;
+        if (shardBytes > MaxShardBytes)
+        {
+            throw new ClusterConfigurationException(
+                $"--layer {tap} with --pool {settings.Pool} gives {floats * 4 / 1e6:F1} MB of features per image; --shard-size {settings.ShardSize} "
+                + $"would hold {shardBytes / 1e9:F1} GB per shard (limit 1 GB): use --shard-size {Math.Max(1, MaxShardBytes / (floats * 4))} or less, or --pool avg.");
+        }
+        return model.Steps[step].Name;
     }
 
     /// <summary>
