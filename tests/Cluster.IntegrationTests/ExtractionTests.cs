@@ -2,6 +2,7 @@ using System.Security.Cryptography;
 using System.Text.Json;
 using Cluster.Contracts;
 using Cluster.IntegrationTests.Support;
+using MassTransit;
 using Cluster.Storage.Database.Entities;
 using Microsoft.EntityFrameworkCore;
 using Shouldly;
@@ -183,5 +184,67 @@ public sealed class ExtractionTests : IAsyncLifetime
         shard.WorkerId.ShouldBe(secondId);
         shard.ImageCount.ShouldBe(120);
         SafetensorsFile.Read(Path.Combine(_cluster.StorageRoot, shard.Path)).Tensors["rows"].Shape.ShouldBe([120L]);
+    }
+}
+
+/// <summary>A job the worker cannot do is recorded as failed with its reason, and the worker goes on working.</summary>
+public sealed class FailedShardTests : IAsyncLifetime
+{
+    private static readonly TimeSpan s_deadline = TimeSpan.FromMinutes(5);
+    private IsolatedCluster _cluster = null!;
+
+    public async Task InitializeAsync()
+    {
+        _cluster = await IsolatedCluster.CreateAsync();
+        (int code, ClusterProcess migrate) = await _cluster.RunCoordinatorAsync(s_deadline, "db", "migrate");
+        code.ShouldBe(0, migrate.Describe());
+    }
+
+    public async Task DisposeAsync() => await _cluster.DisposeAsync();
+
+    [Fact]
+    public async Task A_shard_job_for_a_dataset_the_storage_does_not_hold_is_recorded_as_failed_and_the_worker_takes_the_next_job()
+    {
+        _cluster.Worker("--device", "cpu");
+        IBusControl bus = Bus.Factory.CreateUsingRabbitMq(cfg =>
+            cfg.Host(TestServers.RabbitHost, (ushort)TestServers.RabbitPort, _cluster.Name, h =>
+            {
+                h.Username(TestServers.RabbitUser);
+                h.Password(TestServers.RabbitPassword);
+            }));
+        await bus.StartAsync();
+        try
+        {
+            ISendEndpoint queue = await bus.GetSendEndpoint(new Uri($"queue:{QueueNames.GpuWork}"));
+            await queue.Send(new Cluster.Contracts.Features.ExtractFeatures
+            {
+                FeatureSetKey = "bogus.key",
+                ShardIndex = 0,
+                DatasetId = "0000000000000000",
+                RowStart = 0,
+                RowCount = 1,
+                Model = "resnet51",
+                WeightsHash = "random:0",
+                Layer = "avgpool",
+                Pooling = "avg",
+                Precision = "fp32",
+            });
+
+            FeatureShardRecord failed = await Eventually.WaitAsync(async () =>
+            {
+                await using var db = _cluster.Database();
+                return await db.FeatureShards.AsNoTracking().SingleOrDefaultAsync(s => s.FeatureSetKey == "bogus.key");
+            }, s_deadline, "the failed shard to be recorded");
+
+            failed.Status.ShouldBe(FeatureShardStatus.Failed);
+            failed.FailureReason.ShouldBe($"Dataset '0000000000000000' is not in the storage root '{_cluster.StorageRoot}' (no datasets/0000000000000000/manifest.tsv).");
+            (int code, ClusterProcess selftest) = await _cluster.RunCoordinatorAsync(s_deadline, "selftest", "--cluster", "--format", "json");
+            code.ShouldBe(0, selftest.Describe());
+            (await _cluster.QueueAsync(QueueNames.GpuWork + "_error"))?.Ready.ShouldBe(0);
+        }
+        finally
+        {
+            await bus.StopAsync();
+        }
     }
 }
