@@ -138,6 +138,8 @@ public static class CoordinatorCli
     {
         ClusterConfigurationException => e.Message,
         StoragePathException => e.Message,
+        // An architecture, layer or feature set name the user typed: the message lists the valid ones.
+        Cluster.GpuWorker.Models.UnknownNameException => e.Message,
         DatasetInputException => e.Message,
         CommandParseException or CommandRuntimeException => e.Message,
         _ => null,

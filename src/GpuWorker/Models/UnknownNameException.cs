@@ -1,5 +1,3 @@
-using Cluster.Hosting;
-
 namespace Cluster.GpuWorker.Models;
 
 /// <summary>An unknown architecture or layer name: the message lists the valid names, closest first.</summary>
@@ -12,9 +10,6 @@ public sealed class UnknownNameException : Exception
     }
 
     public string Given { get; }
-
-    /// <summary>The same message as a user-facing configuration error (exit code 2 in the CLI).</summary>
-    public ClusterConfigurationException AsConfigurationError() => new(Message, this);
 
     private static string Describe(string kind, string given, string where, IEnumerable<string> valid)
     {

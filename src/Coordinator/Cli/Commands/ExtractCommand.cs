@@ -106,7 +106,7 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
         {
             throw new ClusterConfigurationException($"--dataset '{settings.Dataset}' is not a folder.");
         }
-        ArchitectureInfo architecture = FindArchitecture(settings.Model);
+        ArchitectureInfo architecture = ModelCatalog.Find(settings.Model);
         string layer = CanonicalLayer(architecture, settings.Layer ?? architecture.DefaultTap, settings);
         await cli.RequireBrokerAsync(cancellationToken);
         await cli.RequireDatabaseAsync(cancellationToken);
@@ -160,18 +160,6 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
         }
     }
 
-    private static ArchitectureInfo FindArchitecture(string name)
-    {
-        try
-        {
-            return ModelCatalog.Find(name);
-        }
-        catch (UnknownNameException e)
-        {
-            throw e.AsConfigurationError();
-        }
-    }
-
     /// <summary>
     /// The step name a tap or alias designates, so that `block5_pool` and `features.36` share a cache key; and a
     /// check that one shard's features fit in memory (a worker holds a whole shard before writing it).
@@ -179,15 +167,7 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
     private static string CanonicalLayer(ArchitectureInfo architecture, string tap, ExtractSettings settings)
     {
         using Backbone model = architecture.Build();
-        int step;
-        try
-        {
-            step = model.ResolveTap(tap);
-        }
-        catch (UnknownNameException e)
-        {
-            throw e.AsConfigurationError();
-        }
+        int step = model.ResolveTap(tap);
         long[] shape = model.TraceShapes(architecture.InputSize)[step].Shape;
         long floats = settings.Pool == "avg" ? shape[0] : shape.Aggregate(1L, (a, b) => a * b);
         long shardBytes = floats * 4 * settings.ShardSize;

@@ -55,15 +55,7 @@ public sealed class ModelsLayersCommand : Command<ModelsLayersSettings>
 {
     public override int Execute(CommandContext context, ModelsLayersSettings settings, CancellationToken cancellationToken)
     {
-        ArchitectureInfo info;
-        try
-        {
-            info = ModelCatalog.Find(settings.Architecture);
-        }
-        catch (UnknownNameException e)
-        {
-            throw e.AsConfigurationError();
-        }
+        ArchitectureInfo info = ModelCatalog.Find(settings.Architecture);
         using Backbone model = info.Build();
         long total = Backbone.CountParameters(model);
         var aliasesByStep = model.Aliases.GroupBy(a => a.Value).ToDictionary(g => g.Key, g => g.Select(a => a.Key).Order(StringComparer.Ordinal).ToList());
@@ -159,15 +151,7 @@ public sealed class ModelsBenchCommand : Command<ModelsBenchSettings>
         {
             throw new Cluster.Hosting.ClusterConfigurationException($"--precision '{settings.Precision}' is not one of: fp32, bf16.");
         }
-        ArchitectureInfo info;
-        try
-        {
-            info = ModelCatalog.Find(settings.Architecture);
-        }
-        catch (UnknownNameException e)
-        {
-            throw e.AsConfigurationError();
-        }
+        ArchitectureInfo info = ModelCatalog.Find(settings.Architecture);
         using Backbone model = info.Build();
         model.eval();
         string tap = settings.Layer ?? info.DefaultTap;
@@ -180,14 +164,7 @@ public sealed class ModelsBenchCommand : Command<ModelsBenchSettings>
         using var noGrad = TorchSharp.torch.no_grad();
         using TorchSharp.torch.Tensor random = TorchSharp.torch.randn(settings.BatchSize, 3, info.InputSize, info.InputSize).to(type);
         using TorchSharp.torch.Tensor input = settings.Precision == "bf16" ? Cluster.GpuWorker.Extraction.ModelProvider.ChannelsLast(random) : random.alias();
-        try
-        {
-            model.ResolveTap(tap);
-        }
-        catch (UnknownNameException e)
-        {
-            throw e.AsConfigurationError();
-        }
+        model.ResolveTap(tap);
         model.ForwardTo(input, tap).Dispose();
         var clock = System.Diagnostics.Stopwatch.StartNew();
         long images = 0;

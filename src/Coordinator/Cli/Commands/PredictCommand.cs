@@ -97,10 +97,6 @@ public sealed class PredictCommand : Command<PredictSettings>
                 ? Predictor.FromCheckpoint(Require(settings.Checkpoint, "--checkpoint"))
                 : Predictor.FromArchitecture(settings.Model!, settings.Weights is null ? null : Require(settings.Weights, "--weights"));
         }
-        catch (UnknownNameException e)
-        {
-            throw e.AsConfigurationError();
-        }
         catch (Exception e) when (e is WeightsFileException or WeightsMismatchException or ArgumentException)
         {
             throw new ClusterConfigurationException(e.Message, e);
