@@ -165,13 +165,21 @@ public sealed class ModelsBenchCommand : Command<ModelsBenchSettings>
         using TorchSharp.torch.Tensor random = TorchSharp.torch.randn(settings.BatchSize, 3, info.InputSize, info.InputSize).to(type);
         using TorchSharp.torch.Tensor input = settings.Precision == "bf16" ? Cluster.GpuWorker.Extraction.ModelProvider.ChannelsLast(random) : random.alias();
         model.ResolveTap(tap);
-        model.ForwardTo(input, tap).Dispose();
+        // One dispose scope per batch, as extraction runs it (FeatureExtractor): every tensor a forward pass makes is
+        // freed when it ends, not left to the garbage collector.
+        void Forward()
+        {
+            using var scope = TorchSharp.torch.NewDisposeScope();
+            model.ForwardTo(input, tap);
+        }
+
+        Forward();
         var clock = System.Diagnostics.Stopwatch.StartNew();
         long images = 0;
         while (clock.Elapsed.TotalSeconds < settings.Seconds || images < 4L * settings.BatchSize)
         {
             cancellationToken.ThrowIfCancellationRequested();
-            model.ForwardTo(input, tap).Dispose();
+            Forward();
             images += settings.BatchSize;
         }
         double seconds = clock.Elapsed.TotalSeconds;
