@@ -24,6 +24,7 @@ public static class WorkerServices
         services.AddSingleton(device);
         services.AddSingleton(sp => new FileStore(sp.GetRequiredService<ClusterRuntimeSettings>().StorageRoot));
         services.AddSingleton<ModelProvider>();
+        services.AddSingleton<DatasetManifestCache>();
         services.AddSingleton<FeatureExtractor>();
         services.AddSingleton<JobTracker>();
         services.AddHostedService(sp => new HeartbeatService(
