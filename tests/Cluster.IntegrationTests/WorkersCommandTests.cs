@@ -35,7 +35,7 @@ public sealed class WorkersCommandTests : IAsyncLifetime
         string workerId = "listed-" + _cluster.Name;
         ClusterProcess worker = _cluster.Worker("--device", "cpu", "--id", workerId);
 
-        await Eventually.WaitAsync(async () => (await Recorded(workerId))?.Status == WorkerStatus.Alive, s_deadline, "the worker's heartbeat to be recorded");
+        await Eventually.WaitAsync(async () => (await Recorded(workerId)) is { Status: WorkerStatus.Alive, ResidentBytes: > 0 }, s_deadline, "the worker's heartbeat to be recorded");
         (int code, ClusterProcess list) = await _cluster.RunCoordinatorAsync(s_deadline, "workers", "--cluster", "--format", "json");
 
         code.ShouldBe(0, list.Describe());
@@ -44,6 +44,8 @@ public sealed class WorkersCommandTests : IAsyncLifetime
             JsonElement listed = live.RootElement.EnumerateArray().Single(w => w.GetProperty("id").GetString() == workerId);
             listed.GetProperty("status").GetString().ShouldBe("alive");
             listed.GetProperty("device").GetString().ShouldBe("cpu");
+            // A worker process with libtorch loaded is tens of MiB at the very least, and a 64-bit process far below a TiB.
+            listed.GetProperty("residentMiB").GetInt64().ShouldBeInRange(20, 1L << 20);
         }
 
         worker.Terminate();

@@ -62,7 +62,7 @@ public sealed class WorkerRegistryConsumerTests : IAsyncLifetime
     public async Task A_heartbeat_registers_an_unknown_worker_with_its_current_job()
     {
         DateTime now = DateTime.UtcNow;
-        await PublishAndConsume(new WorkerHeartbeat { WorkerId = "w1", Host = "h", Device = "cuda:0", Version = "1.0", SentAt = now, CurrentJob = "selftest/x", ImagesPerSecond = 120 });
+        await PublishAndConsume(new WorkerHeartbeat { WorkerId = "w1", Host = "h", Device = "cuda:0", Version = "1.0", SentAt = now, CurrentJob = "selftest/x", ImagesPerSecond = 120, ResidentBytes = 812L << 20 });
 
         WorkerRecord? worker = await Worker("w1");
         worker.ShouldNotBeNull();
@@ -70,6 +70,7 @@ public sealed class WorkerRegistryConsumerTests : IAsyncLifetime
         worker.Device.ShouldBe("cuda:0");
         worker.CurrentJob.ShouldBe("selftest/x");
         worker.ImagesPerSecond.ShouldBe(120);
+        worker.ResidentBytes.ShouldBe(812L << 20);
     }
 
     [Fact]

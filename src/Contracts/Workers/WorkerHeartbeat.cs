@@ -14,4 +14,7 @@ public sealed record WorkerHeartbeat
 
     /// <summary>Images per second over the last interval, when the current job processes images.</summary>
     public double? ImagesPerSecond { get; init; }
+
+    /// <summary>The worker process's resident memory (bytes), so a worker whose memory creeps up is visible from the coordinator.</summary>
+    public long? ResidentBytes { get; init; }
 }

@@ -56,6 +56,7 @@ public sealed class WorkerRegistryConsumer(IDbContextFactory<ClusterDbContext> d
         worker.LastHeartbeat = m.SentAt;
         worker.CurrentJob = m.CurrentJob;
         worker.ImagesPerSecond = m.ImagesPerSecond;
+        worker.ResidentBytes = m.ResidentBytes;
         await db.SaveChangesAsync(context.CancellationToken);
     }
 

@@ -40,6 +40,7 @@ public sealed class HeartbeatService(
                     SentAt = DateTime.UtcNow,
                     CurrentJob = jobs.CurrentJob,
                     ImagesPerSecond = jobs.ImagesPerSecond,
+                    ResidentBytes = Environment.WorkingSet,
                 }, context => context.TimeToLive = interval * 3, stoppingToken);
             }
             catch (Exception e) when (e is not OperationCanceledException)

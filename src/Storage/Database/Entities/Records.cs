@@ -185,6 +185,9 @@ public sealed class WorkerRecord
     public DateTime LastHeartbeat { get; set; }
     public string? CurrentJob { get; set; }
     public double? ImagesPerSecond { get; set; }
+
+    /// <summary>Resident memory of the worker process at its last heartbeat, in bytes.</summary>
+    public long? ResidentBytes { get; set; }
 }
 
 /// <summary>The recorded outcome of a self-test job (`coordinator selftest`), written by the worker that ran it.</summary>

@@ -533,6 +533,10 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .HasColumnType("timestamp with time zone")
                         .HasColumnName("last_heartbeat");
 
+                    b.Property<long?>("ResidentBytes")
+                        .HasColumnType("bigint")
+                        .HasColumnName("resident_bytes");
+
                     b.Property<DateTime>("StartedAt")
                         .HasColumnType("timestamp with time zone")
                         .HasColumnName("started_at");

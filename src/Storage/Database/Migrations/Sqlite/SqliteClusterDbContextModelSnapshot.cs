@@ -524,6 +524,10 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .HasColumnType("TEXT")
                         .HasColumnName("last_heartbeat");
 
+                    b.Property<long?>("ResidentBytes")
+                        .HasColumnType("INTEGER")
+                        .HasColumnName("resident_bytes");
+
                     b.Property<DateTime>("StartedAt")
                         .HasColumnType("TEXT")
                         .HasColumnName("started_at");
