@@ -107,11 +107,19 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
             throw new ClusterConfigurationException($"--dataset '{settings.Dataset}' is not a folder.");
         }
         ArchitectureInfo architecture = ModelCatalog.Find(settings.Model);
-        string layer = CanonicalLayer(architecture, settings.Layer ?? architecture.DefaultTap, settings);
+        string layer;
+        string? weightsSha256;
+        // One model, built here only to check the request before anything is sent: the layer, the shard size and
+        // the --weights file are wrong now, with a clear message, rather than on every worker later.
+        using (Backbone model = architecture.Build())
+        {
+            layer = CanonicalLayer(model, architecture, settings.Layer ?? architecture.DefaultTap, settings);
+            weightsSha256 = await CheckWeightsAsync(settings, architecture, model, cancellationToken);
+        }
         await cli.RequireBrokerAsync(cancellationToken);
         await cli.RequireDatabaseAsync(cancellationToken);
         var store = new FileStore(cli.Settings.StorageRoot);
-        (string weightsHash, string? weightsPath) = await StageWeightsAsync(settings, architecture, store, cancellationToken);
+        (string weightsHash, string? weightsPath) = await StageWeightsAsync(settings, architecture, weightsSha256, store, cancellationToken);
 
         DatasetManifest dataset = await ScanAsync(settings, store, cancellationToken);
         var request = new ExtractionRequest(dataset, architecture.Name, layer, settings.Pool, architecture.Preprocessing.Name,
@@ -164,9 +172,8 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
     /// The step name a tap or alias designates, so that `block5_pool` and `features.36` share a cache key; and a
     /// check that one shard's features fit in memory (a worker holds a whole shard before writing it).
     /// </summary>
-    private static string CanonicalLayer(ArchitectureInfo architecture, string tap, ExtractSettings settings)
+    private static string CanonicalLayer(Backbone model, ArchitectureInfo architecture, string tap, ExtractSettings settings)
     {
-        using Backbone model = architecture.Build();
         int step = model.ResolveTap(tap);
         long[] shape = model.TraceShapes(architecture.InputSize)[step].Shape;
         long floats = settings.Pool == "avg" ? shape[0] : shape.Aggregate(1L, (a, b) => a * b);
@@ -182,36 +189,45 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
     }
 
     /// <summary>
-    /// Puts a --weights file on the shared storage (under its hash) so that every worker reads the same bytes,
-    /// after checking here, once, that it loads strictly into the architecture: a wrong file fails now, with the diff.
+    /// Checks, once and here, that a --weights file loads strictly into the architecture, so a wrong file fails now
+    /// with the diff; returns its sha256 (lowercase hex), or null without --weights.
     /// </summary>
-    private static async Task<(string Hash, string? Path)> StageWeightsAsync(
-        ExtractSettings settings, ArchitectureInfo architecture, FileStore store, CancellationToken cancellationToken)
+    private static async Task<string?> CheckWeightsAsync(
+        ExtractSettings settings, ArchitectureInfo architecture, Backbone model, CancellationToken cancellationToken)
     {
         if (settings.Weights is null)
         {
-            return architecture.WeightsSource.StartsWith("built in", StringComparison.Ordinal)
-                ? ($"builtin:{architecture.Name}", null)
-                : ("random:0", null);
+            return null;
         }
         if (!File.Exists(settings.Weights))
         {
             throw new ClusterConfigurationException($"--weights '{settings.Weights}' does not exist.");
         }
-        string sha256;
-        await using (FileStream file = File.OpenRead(settings.Weights))
-        {
-            sha256 = Convert.ToHexStringLower(await SHA256.HashDataAsync(file, cancellationToken));
-        }
         try
         {
-            using Backbone model = architecture.Build();
             using StateDict weights = StateDictFile.Load(settings.Weights);
             WeightsLoader.Apply(model, weights, strict: true);
         }
         catch (Exception e) when (e is WeightsFileException or WeightsMismatchException)
         {
             throw new ClusterConfigurationException($"--weights '{settings.Weights}' does not fit {architecture.Name}: {e.Message}", e);
+        }
+        await using FileStream file = File.OpenRead(settings.Weights);
+        return Convert.ToHexStringLower(await SHA256.HashDataAsync(file, cancellationToken));
+    }
+
+    /// <summary>
+    /// Puts a checked --weights file on the shared storage (under its hash) so that every worker reads the same
+    /// bytes; without --weights, names the architecture's built-in or seeded random weights.
+    /// </summary>
+    private static async Task<(string Hash, string? Path)> StageWeightsAsync(
+        ExtractSettings settings, ArchitectureInfo architecture, string? sha256, FileStore store, CancellationToken cancellationToken)
+    {
+        if (settings.Weights is null || sha256 is null)
+        {
+            return architecture.WeightsSource.StartsWith("built in", StringComparison.Ordinal)
+                ? ($"builtin:{architecture.Name}", null)
+                : ("random:0", null);
         }
         string staged = $"weights/{sha256[..16]}/{Path.GetFileName(settings.Weights)}";
         if (!store.Exists(staged))
