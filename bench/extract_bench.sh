@@ -5,7 +5,7 @@
 #
 #   bench/extract_bench.sh [--reps N] [--data DIR] [--per-class N] [--results FILE] [--only REGEX]
 #                          [--set KEY=VALUE]... [--no-build] [--max-load L] [--max-wait S]
-#   bench/extract_bench.sh --fashion-mnist [--fm-dir DIR] [--fm-sizes 10000,35000,70000] [...]
+#   bench/extract_bench.sh --fashion-mnist [--fm-dir DIR] [--fm-sizes 10000,35000,70000] [--fm-model M] [...]
 #
 #   --reps N          repetitions of every configuration (default 3); the table gives median, min and max
 #   --data DIR        the photo-like JPEG corpus (ImageFolder); generated there once (default under /tmp)
@@ -18,8 +18,11 @@
 #   --max-wait S      ... for at most S seconds (default 900), then run anyway (the results say how busy it was)
 #   --peer FILE       the PyTorch peer script (default: bench/peer_pytorch_extract.py)
 #   --fashion-mnist   the memory test instead: Fashion-MNIST's 70,000 images (train + t10k) imported as PNGs,
-#                     extracted (resnet18, bf16) at each of --fm-sizes images, peak RSS of the coordinator
-#                     process from /usr/bin/time -v, and its RSS sampled every 2 s
+#                     extracted (bf16, shards of 2,000) at each of --fm-sizes images: peak RSS of the coordinator
+#                     process from /usr/bin/time -v, its RSS sampled every 2 s, and the worker's resident and
+#                     managed memory after every shard (from its log)
+#   --fm-model M      the network for the memory test (default mobilenet_v3_small: the data path, buffers and
+#                     shards are those of any model, and all three sizes take ~12 min instead of ~40 with resnet18)
 #
 # Needs: the .NET 10 SDK; Debian's python3-torch python3-torchvision python3-pil python3-numpy,
 # dataset-fashion-mnist and time (apt-get install -y ...). Runs from any working directory.
@@ -43,6 +46,7 @@ peer="$here/peer_pytorch_extract.py"
 fashion=0
 fm_dir=""
 fm_sizes="10000,35000,70000"
+fm_model=mobilenet_v3_small
 sets=()
 
 die() { echo "extract_bench: $*" >&2; exit 2; }
@@ -63,6 +67,7 @@ while [[ $# -gt 0 ]]; do
         --fashion-mnist) fashion=1; shift ;;
         --fm-dir) fm_dir="$2"; shift 2 ;;
         --fm-sizes) fm_sizes="$2"; shift 2 ;;
+        --fm-model) fm_model="$2"; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
@@ -204,11 +209,12 @@ if [[ $fashion -eq 1 ]]; then
         [[ "$size" =~ ^[1-9][0-9]*$ && "$size" -le 70000 ]] || die "--fm-sizes: '$size' is not within 1..70000"
         head -n "$size" "$scratch/all.tsv" >"$scratch/manifest.tsv"
         storage="$(mktemp -d "$scratch/storage-XXXX")"
-        log "memory test: extracting $size Fashion-MNIST images (resnet18, bf16)"
+        log "memory test: extracting $size Fashion-MNIST images ($fm_model, bf16)"
         load="$(cut -d' ' -f1-3 /proc/loadavg)"
         stat_before="$(head -1 /proc/stat)"
-        (cd "$scratch" && /usr/bin/time -v -o "$scratch/time-v" dotnet "$coordinator" extract --embedded --dataset "$fm_dir" \
-            --manifest "$scratch/manifest.tsv" --model resnet18 --precision bf16 --shard-size 1000 --batch-size 32 \
+        # --verbose: the worker logs its resident and managed memory after every shard.
+        (cd "$scratch" && /usr/bin/time -v -o "$scratch/time-v" dotnet "$coordinator" extract --embedded --verbose --dataset "$fm_dir" \
+            --manifest "$scratch/manifest.tsv" --model "$fm_model" --precision bf16 --shard-size 2000 --batch-size 32 \
             --storage "$storage" --format json "${sets[@]}" >"$scratch/stdout" 2>"$scratch/stderr") &
         runner=$!
         # RSS of the coordinator process (the child of /usr/bin/time) every 2 s.
@@ -229,7 +235,7 @@ if [[ $fashion -eq 1 ]]; then
                     END { print w, u, y, m }' "$scratch/time-v" >"$scratch/time"
         "$py" "$report" record --config "fashion-mnist $size" --tool ours --mode memory --precision bf16 --rep 1 \
             --stdout "$scratch/stdout" --time "$scratch/time" --stat-before "$stat_before" --stat-after "$stat_after" \
-            --load "$load" --images-expected "$size" --rss-samples "$scratch/rss" >>"$results"
+            --load "$load" --images-expected "$size" --rss-samples "$scratch/rss" --shard-log "$scratch/stderr" >>"$results"
         tail -1 "$results" | "$py" -c 'import json,sys; r=json.loads(sys.stdin.read()); print("  %6d images: peak RSS %.0f MiB, %.1f images/s" % (r["images"], r["peak_rss_mib"], r["images_per_s"]))' >&2
         rm -rf "$storage"
     done
@@ -271,11 +277,11 @@ for rep in $(seq 1 "$reps"); do
     measure "peer e2e bf16+cl workers=1" pytorch end-to-end bf16 "$rep" "$images" -- \
         "$py" "$peer" "$data" --precision bf16 --channels-last --workers 1 --threads 2 --out "$peer_out"
     measure "ours forward-only fp32" ours forward-only fp32 "$rep" "" -- \
-        dotnet "$coordinator" models bench resnet18 --precision fp32 --batch-size 32 --seconds 10 --format json "${sets[@]}"
+        dotnet "$coordinator" models bench resnet18 --precision fp32 --batch-size 32 --seconds 20 --format json "${sets[@]}"
     measure "peer forward-only fp32" pytorch forward-only fp32 "$rep" "" -- \
         "$py" "$peer" "$data" --precision fp32 --threads 2 --forward-only
     measure "ours forward-only bf16" ours forward-only bf16 "$rep" "" -- \
-        dotnet "$coordinator" models bench resnet18 --precision bf16 --batch-size 32 --seconds 10 --format json "${sets[@]}"
+        dotnet "$coordinator" models bench resnet18 --precision bf16 --batch-size 32 --seconds 20 --format json "${sets[@]}"
     measure "peer forward-only bf16+cl" pytorch forward-only bf16 "$rep" "" -- \
         "$py" "$peer" "$data" --precision bf16 --channels-last --threads 2 --forward-only
 done

@@ -14,6 +14,7 @@ while it ran ("foreign" cores), the honest measure of how quiet the machine was.
 """
 import argparse
 import json
+import re
 import os
 import statistics
 import sys
@@ -57,6 +58,12 @@ def record(a):
         line["rss_samples_mib"] = [[float(t), round(int(k) / 1024, 1)] for t, k in samples]
         if samples:
             line["rss_at_end_mib"] = round(int(samples[-1][1]) / 1024, 1)
+    if a.shard_log:
+        # The worker's own figures after each shard ("Shard N of KEY: ... resident R MiB, managed heap M MiB"):
+        # memory against images extracted, which is what "does not grow with the dataset" is about.
+        pattern = re.compile(r"Shard (\d+) of \S+: (\d+) images, (\d+) skipped.*resident (\d+) MiB, managed heap (\d+) MiB")
+        shards = [tuple(int(g) for g in m.groups()) for m in map(pattern.search, open(a.shard_log, encoding="utf-8")) if m]
+        line["shards_memory_mib"] = [[s, resident, managed] for s, _, _, resident, managed in sorted(shards)]
     print(json.dumps(line, separators=(",", ":")))
 
 
@@ -157,6 +164,16 @@ def memory(a):
     body = [[f"{r['images']:,}", f"{r['peak_rss_mib']:.0f}", f"{r['images_per_s']:.1f}", f"{r['process_wall_s']:.0f}",
              f"{r.get('rss_at_end_mib', float('nan')):.0f}", f"{r['foreign_cores']:.2f}"] for r in rows]
     emit(["images", "peak RSS MiB", "images/s", "process wall s", "RSS in the last sample MiB", "other load, cores"], body, a.markdown)
+    # The largest run, shard by shard: resident and managed memory after every tenth of the shards.
+    largest = max(rows, key=lambda r: r["images"])
+    shards = largest.get("shards_memory_mib") or []
+    if shards:
+        print()
+        picks = sorted({shards[min(len(shards) - 1, round(i * (len(shards) - 1) / 10))][0] for i in range(11)})
+        by_index = {s: (resident, managed) for s, resident, managed in shards}
+        per_shard = largest["images"] / len(shards)
+        body = [[f"{s}", f"{(s + 1) * per_shard:,.0f}", f"{by_index[s][0]}", f"{by_index[s][1]}"] for s in picks]
+        emit([f"shard ({largest['images']:,}-image run)", "images done (about)", "resident MiB after it", "managed heap MiB"], body, a.markdown)
 
 
 def main():
@@ -168,6 +185,7 @@ def main():
     r.add_argument("--rep", type=int, required=True)
     r.add_argument("--images-expected", type=int)
     r.add_argument("--rss-samples")
+    r.add_argument("--shard-log")
     for name in ("table", "memory"):
         t = sub.add_parser(name)
         t.add_argument("results")
