@@ -85,7 +85,7 @@ public sealed class FeatureExtractor(
                 using var noGrad = no_grad();
                 // A view over the batch's pinned buffer, not a copy: the forward pass reads the decoded pixels in place
                 // (the buffer goes back to the pipeline only after this scope has released the view).
-                Tensor input = tensor(batch.Buffer, [batch.Buffer.Length / batch.ImageLength, 3, side, side]).narrow(0, 0, batch.Count);
+                Tensor input = batch.AsTensor(side);
                 if (device.IsCuda)
                 {
                     // GPU: stage in page-locked host memory so the host-to-device copy is asynchronous; the decoders

@@ -116,7 +116,7 @@ public sealed class Predictor : IDisposable
             }
             using var scope = NewDisposeScope();
             using var noGrad = no_grad();
-            Tensor input = tensor(buffer, [batchSize, 3, side, side]).narrow(0, 0, batch.Count);
+            Tensor input = ImageBatch.View(buffer, batch.Count, side);
             Tensor probabilities = nn.functional.softmax(_model.forward(input), 1);
             int k = Math.Min(top, ClassNames.Count);
             var (values, indices) = probabilities.topk(k, dim: 1);
