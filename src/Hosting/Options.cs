@@ -67,9 +67,19 @@ public sealed class WorkerOptions
     [Range(1, 3600)]
     public double HeartbeatSeconds { get; set; } = 5;
 
-    /// <summary>Intra-op threads for libtorch; 0 leaves libtorch's default (one per core).</summary>
+    /// <summary>
+    /// Intra-op threads for libtorch, in each forward lane and for the rest of the process; 0: the lanes share the
+    /// cores out, and the rest keeps libtorch's default (one per core).
+    /// </summary>
     [Range(0, 1024)]
     public int TorchThreads { get; set; }
+
+    /// <summary>
+    /// Batches a CPU worker computes at once, each on its own cores (see LaneLayout); 0: 2 up to 8 cores, then one
+    /// per 4 cores, at most 4. A GPU worker always computes one at a time.
+    /// </summary>
+    [Range(0, 64)]
+    public int ForwardLanes { get; set; }
 }
 
 /// <summary>The settings every process resolves once at start: mode, storage, bus and database.</summary>

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Cluster.Contracts.Features;
@@ -31,6 +32,7 @@ public sealed class FeatureExtractor(
     ModelProvider models,
     DatasetManifestCache manifests,
     TorchDevice device,
+    ForwardLanes lanes,
     WorkerIdentity identity,
     JobTracker jobs,
     ILogger<FeatureExtractor> logger)
@@ -60,74 +62,65 @@ public sealed class FeatureExtractor(
         ScalarType computeType = ModelProvider.ComputeType(job.Precision);
         string[] paths = manifest.Entries.Skip((int)job.RowStart).Take(job.RowCount).Select(e => e.Path).ToArray();
 
+        // Lanes + 2 buffers: one batch in each lane, one being decoded and one waiting, whatever the dataset size.
         var pipeline = new ImageBatchPipeline(architecture.Preprocessing, new ImagePipelineOptions
         {
             BatchSize = job.BatchSize,
+            MaxBuffers = lanes.Layout.Lanes + 2,
             Decoder = new ImageDecoderOptions { Root = manifest.Root },
         });
         int side = architecture.InputSize;
-        var rows = new List<long>(job.RowCount);
         var skipped = new List<SkippedRow>();
-        float[]? features = null;
-        long[]? featureShape = null;
-        int featureLength = 0;
-        await foreach (ImageBatch batch in pipeline.RunAsync(paths, job.RowStart, cancellationToken))
+        var output = new ShardFeatures(job.RowStart, job.RowCount);
+        var forwards = new List<Task>();
+        int processed = 0;
+        try
         {
-            using (batch)
+            await foreach (ImageBatch batch in pipeline.RunAsync(paths, job.RowStart, cancellationToken))
             {
                 skipped.AddRange(batch.Skipped);
+                Interlocked.Add(ref processed, batch.Skipped.Count);
                 if (batch.Count == 0)
                 {
+                    batch.Dispose();
                     continue;
                 }
-                cancellationToken.ThrowIfCancellationRequested();
-                using var scope = NewDisposeScope();
-                using var noGrad = no_grad();
-                // A view over the batch's pinned buffer, not a copy: the forward pass reads the decoded pixels in place
-                // (the buffer goes back to the pipeline only after this scope has released the view).
-                Tensor input = batch.AsTensor(side);
-                if (device.IsCuda)
+                // The batch goes to the next free lane, which disposes it (handing its buffer back to the decoders);
+                // meanwhile this loop takes the next one. Results land at their rows, so lanes may finish in any order.
+                forwards.Add(lanes.RunAsync(() =>
                 {
-                    // GPU: stage in page-locked host memory so the host-to-device copy is asynchronous; the decoders
-                    // meanwhile fill the next batch. (Untested here: no CUDA build of TorchSharp in this environment.)
-                    input = input.pin_memory().to(device.Device, non_blocking: true).to(computeType);
-                }
-                else
+                    using (batch)
+                    {
+                        cancellationToken.ThrowIfCancellationRequested();
+                        Forward(batch, model, job, computeType, side, output);
+                    }
+                    jobs.ReportThroughput(Interlocked.Add(ref processed, batch.Count) / Math.Max(clock.Elapsed.TotalSeconds, 1e-3));
+                }));
+                // A lane that failed stops the shard now, not after every other batch has been computed.
+                if (forwards.Find(t => t.IsFaulted) is Task failed)
                 {
-                    input = input.to(computeType);
+                    await failed;
                 }
-                if (computeType == ScalarType.BFloat16)
-                {
-                    input = ModelProvider.ChannelsLast(input);
-                }
-                Tensor output = model.ForwardTo(input, job.Layer);
-                if (job.Pooling == "avg" && output.dim() == 4)
-                {
-                    output = output.mean([2, 3]);
-                }
-                output = output.to(ScalarType.Float32).cpu().contiguous();
-                if (features is null)
-                {
-                    featureShape = output.shape[1..];
-                    featureLength = (int)featureShape.Aggregate(1L, (a, b) => a * b);
-                    features = new float[(long)job.RowCount * featureLength];
-                }
-                output.data<float>().CopyTo(features.AsSpan(rows.Count * featureLength, batch.Count * featureLength));
-                rows.AddRange(batch.Rows);
+                forwards.RemoveAll(t => t.IsCompletedSuccessfully);
             }
-            jobs.ReportThroughput((rows.Count + skipped.Count) / Math.Max(clock.Elapsed.TotalSeconds, 1e-3));
+            await Task.WhenAll(forwards);
         }
-        featureShape ??= [0];
+        finally
+        {
+            // Leaving early (cancelled, a bad batch): lanes still holding batches of this shard finish first.
+            await Task.WhenAll(forwards).ContinueWith(_ => { }, TaskScheduler.Default);
+        }
+        (float[] features, long[] rows, long[] featureShape) = output.Compact();
+        int featureLength = (int)featureShape.Aggregate(1L, (a, b) => a * b);
 
         string path = ShardPath(job.FeatureSetKey, job.ShardIndex);
-        long[] rowArray = rows.ToArray();
         string sha256 = await store.WriteWithSha256Async(path, (stream, ct) =>
         {
             Safetensors.Write(stream,
             [
-                new SafetensorsTensor("features", SafetensorsDtype.F32, [rows.Count, .. featureShape],
-                    MemoryMarshal.AsBytes((features ?? []).AsSpan(0, rows.Count * featureLength)).ToArray()),
-                new SafetensorsTensor("rows", SafetensorsDtype.I64, [rows.Count], MemoryMarshal.AsBytes(rowArray.AsSpan()).ToArray()),
+                new SafetensorsTensor("features", SafetensorsDtype.F32, [rows.Length, .. featureShape],
+                    MemoryMarshal.AsBytes(features.AsSpan(0, rows.Length * featureLength)).ToArray()),
+                new SafetensorsTensor("rows", SafetensorsDtype.I64, [rows.Length], MemoryMarshal.AsBytes(rows.AsSpan()).ToArray()),
             ],
             new Dictionary<string, string>
             {
@@ -140,14 +133,55 @@ public sealed class FeatureExtractor(
             return Task.CompletedTask;
         }, cancellationToken);
         double seconds = clock.Elapsed.TotalSeconds;
-        await RecordAsync(job, path, sha256, rows.Count, skipped, manifest, seconds);
-        features = null;
+        await RecordAsync(job, path, sha256, rows.Length, skipped, manifest, seconds);
         NativeHeap.ReleaseFreedMemory();
         // Resident and managed memory after every shard: the figures that show a long extraction stays flat.
         logger.LogInformation("Shard {Shard} of {FeatureSet}: {Images} images, {Skipped} skipped, in {Seconds:F1} s ({Rate:F1} images/s); resident {ResidentMiB} MiB, managed heap {ManagedMiB} MiB",
-            job.ShardIndex, job.FeatureSetKey, rows.Count, skipped.Count, seconds, (rows.Count + skipped.Count) / Math.Max(seconds, 1e-3),
+            job.ShardIndex, job.FeatureSetKey, rows.Length, skipped.Count, seconds, (rows.Length + skipped.Count) / Math.Max(seconds, 1e-3),
             Environment.WorkingSet >> 20, GC.GetGCMemoryInfo().HeapSizeBytes >> 20);
-        return new ShardOutcome(rows.Count, skipped.Count, seconds, AlreadyRecorded: false);
+        return new ShardOutcome(rows.Length, skipped.Count, seconds, AlreadyRecorded: false);
+    }
+
+    /// <summary>One batch through the backbone to the tap (on a lane thread), its features stored at its rows.</summary>
+    private void Forward(ImageBatch batch, Backbone model, ExtractFeatures job, ScalarType computeType, int side, ShardFeatures output)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        // A view over the batch's buffer, not a copy: the forward pass reads the decoded pixels in place (the buffer
+        // goes back to the pipeline only after this scope has released the view).
+        Tensor input = batch.AsTensor(side);
+        if (device.IsCuda)
+        {
+            // GPU: stage in page-locked host memory so the host-to-device copy is asynchronous; the decoders
+            // meanwhile fill the next batch. (Untested here: no CUDA build of TorchSharp in this environment.)
+            input = input.pin_memory().to(device.Device, non_blocking: true).to(computeType);
+        }
+        else
+        {
+            input = input.to(computeType);
+        }
+        if (computeType == ScalarType.BFloat16)
+        {
+            input = ModelProvider.ChannelsLast(input);
+        }
+        Tensor result = model.ForwardTo(input, job.Layer);
+        if (job.Pooling == "avg" && result.dim() == 4)
+        {
+            result = result.mean([2, 3]);
+        }
+        result = result.to(ScalarType.Float32).cpu().contiguous();
+        // Staged through a pooled array: a batch's rows are not contiguous in the shard when some were skipped.
+        int length = checked((int)result.numel());
+        float[] staging = ArrayPool<float>.Shared.Rent(length);
+        try
+        {
+            result.data<float>().CopyTo(staging.AsSpan(0, length));
+            output.Store(batch.Rows, result.shape[1..], staging.AsSpan(0, length));
+        }
+        finally
+        {
+            ArrayPool<float>.Shared.Return(staging);
+        }
     }
 
     /// <summary>Records a shard that could not be extracted, with the reason, so the requester can say why.</summary>

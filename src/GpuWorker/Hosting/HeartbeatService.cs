@@ -1,4 +1,5 @@
 using Cluster.Contracts.Workers;
+using Cluster.GpuWorker.Devices;
 using MassTransit;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -11,7 +12,7 @@ namespace Cluster.GpuWorker.Hosting;
 /// not wake up to a backlog of stale ones.
 /// </summary>
 public sealed class HeartbeatService(
-    IBus bus, WorkerIdentity identity, JobTracker jobs, TimeSpan interval, ILogger<HeartbeatService> logger) : BackgroundService
+    IBus bus, WorkerIdentity identity, JobTracker jobs, LaneLayout lanes, TimeSpan interval, ILogger<HeartbeatService> logger) : BackgroundService
 {
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -23,8 +24,8 @@ public sealed class HeartbeatService(
             Version = identity.Version,
             StartedAt = DateTime.UtcNow,
         }, stoppingToken);
-        logger.LogInformation("Worker {WorkerId} on {Device} is taking jobs from the {Queue} queue",
-            identity.WorkerId, identity.Device.Name, Contracts.QueueNames.GpuWork);
+        logger.LogInformation("Worker {WorkerId} on {Device} ({Lanes}) is taking jobs from the {Queue} queue",
+            identity.WorkerId, identity.Device.Name, lanes.ToString(), Contracts.QueueNames.GpuWork);
 
         using var timer = new PeriodicTimer(interval);
         do

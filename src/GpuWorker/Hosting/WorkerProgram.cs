@@ -14,7 +14,11 @@ public static class WorkerProgram
     public const string Usage = """
         gpu-worker: consumes jobs (feature extraction, training segments, self-tests) from RabbitMQ, one at a time.
 
-        Usage: gpu-worker [--device cpu|cuda|cuda:N] [--id ID] [--threads N] [-v]
+        Usage: gpu-worker [--device cpu|cuda|cuda:N] [--id ID] [--lanes N] [--threads N] [-v]
+
+          --lanes N     batches computed at once on a CPU worker, each on its own cores (default: 2 up to 8 cores,
+                        then one per 4 cores, at most 4)
+          --threads N   libtorch threads per lane (default: the cores shared out among the lanes)
 
         Settings (appsettings.json, environment variables, or --Section:Key=value):
           RabbitMq__Host, RabbitMq__Port, RabbitMq__VirtualHost, RabbitMq__Username, RabbitMq__Password
@@ -31,6 +35,7 @@ public static class WorkerProgram
         ["--device"] = "Worker:Device",
         ["--id"] = "Worker:Id",
         ["--threads"] = "Worker:TorchThreads",
+        ["--lanes"] = "Worker:ForwardLanes",
     };
 
     public static async Task<int> RunAsync(string[] args)

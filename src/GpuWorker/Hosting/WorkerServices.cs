@@ -22,6 +22,8 @@ public static class WorkerServices
         }
         services.AddSingleton(WorkerIdentity.Create(options.Id, device));
         services.AddSingleton(device);
+        services.AddSingleton(LaneLayout.For(device, options.ForwardLanes, options.TorchThreads));
+        services.AddSingleton(sp => new ForwardLanes(sp.GetRequiredService<LaneLayout>()));
         services.AddSingleton(sp => new FileStore(sp.GetRequiredService<ClusterRuntimeSettings>().StorageRoot));
         services.AddSingleton<ModelProvider>();
         services.AddSingleton<DatasetManifestCache>();
@@ -31,6 +33,7 @@ public static class WorkerServices
             sp.GetRequiredService<IBus>(),
             sp.GetRequiredService<WorkerIdentity>(),
             sp.GetRequiredService<JobTracker>(),
+            sp.GetRequiredService<LaneLayout>(),
             TimeSpan.FromSeconds(options.HeartbeatSeconds),
             sp.GetRequiredService<ILogger<HeartbeatService>>()));
         return services;

@@ -1,5 +1,6 @@
 using System.ComponentModel;
 using System.Globalization;
+using Cluster.GpuWorker.Devices;
 using Cluster.GpuWorker.Models;
 using TorchSharp;
 using Spectre.Console;
@@ -137,6 +138,16 @@ public sealed class ModelsBenchSettings : GlobalSettings
     [Description("Measure for at least this long (after one warm-up batch).")]
     [DefaultValue(10)]
     public int Seconds { get; init; }
+
+    [CommandOption("--lanes <N>")]
+    [Description("Batches computed at once, each on its own cores, as a worker does (default: the worker's default, 2 up to 8 cores).")]
+    [DefaultValue(0)]
+    public int Lanes { get; init; }
+
+    [CommandOption("--threads <N>")]
+    [Description("libtorch threads per lane (default: the cores shared out among the lanes).")]
+    [DefaultValue(0)]
+    public int Threads { get; init; }
 }
 
 /// <summary>
@@ -161,27 +172,34 @@ public sealed class ModelsBenchCommand : Command<ModelsBenchSettings>
             model.to(type);
             Cluster.GpuWorker.Extraction.ModelProvider.ToChannelsLast(model);
         }
-        using var noGrad = TorchSharp.torch.no_grad();
         using TorchSharp.torch.Tensor random = TorchSharp.torch.randn(settings.BatchSize, 3, info.InputSize, info.InputSize).to(type);
         using TorchSharp.torch.Tensor input = settings.Precision == "bf16" ? Cluster.GpuWorker.Extraction.ModelProvider.ChannelsLast(random) : random.alias();
         model.ResolveTap(tap);
-        // One dispose scope per batch, as extraction runs it (FeatureExtractor): every tensor a forward pass makes is
-        // freed when it ends, not left to the garbage collector.
+        // The lanes a CPU worker runs forward passes on (FeatureExtractor), each lane one batch at a time, with one
+        // dispose scope per batch: every tensor a forward pass makes is freed when it ends.
+        using var lanes = new ForwardLanes(LaneLayout.For(TorchDevice.Cpu, settings.Lanes, settings.Threads));
         void Forward()
         {
             using var scope = TorchSharp.torch.NewDisposeScope();
+            using var noGrad = TorchSharp.torch.no_grad();
             model.ForwardTo(input, tap);
         }
 
-        Forward();
+        int count = lanes.Layout.Lanes;
+        Task.WaitAll(Enumerable.Range(0, count).Select(_ => lanes.RunAsync(Forward)).ToArray(), cancellationToken);
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        long images = 0;
-        while (clock.Elapsed.TotalSeconds < settings.Seconds || images < 4L * settings.BatchSize)
+        long[] perLane = Task.WhenAll(Enumerable.Range(0, count).Select(_ => lanes.RunAsync(() =>
         {
-            cancellationToken.ThrowIfCancellationRequested();
-            Forward();
-            images += settings.BatchSize;
-        }
+            long images = 0;
+            while (clock.Elapsed.TotalSeconds < settings.Seconds || images < 4L * settings.BatchSize)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                Forward();
+                images += settings.BatchSize;
+            }
+            return images;
+        }))).GetAwaiter().GetResult();
+        long images = perLane.Sum();
         double seconds = clock.Elapsed.TotalSeconds;
         CliOutput.Write(settings, new
         {
@@ -192,12 +210,13 @@ public sealed class ModelsBenchCommand : Command<ModelsBenchSettings>
             precision = settings.Precision,
             channelsLast = settings.Precision == "bf16",
             batchSize = settings.BatchSize,
-            threads = TorchSharp.torch.get_num_threads(),
+            lanes = lanes.Layout.Lanes,
+            threadsPerLane = lanes.Layout.ThreadsPerLane,
             images,
             seconds = Math.Round(seconds, 3),
             imagesPerSecond = Math.Round(images / seconds, 2),
         }, () => AnsiConsole.MarkupLineInterpolated(
-            $"{info.Name} to {tap}, {settings.Precision}, batch {settings.BatchSize}: {images / seconds:F1} images/s ({images} images in {seconds:F1} s, {TorchSharp.torch.get_num_threads()} threads)"));
+            $"{info.Name} to {tap}, {settings.Precision}, batch {settings.BatchSize}, {lanes.Layout}: {images / seconds:F1} images/s ({images} images in {seconds:F1} s)"));
         return 0;
     }
 }
