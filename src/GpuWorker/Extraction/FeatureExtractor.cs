@@ -57,9 +57,8 @@ public sealed class FeatureExtractor(
         {
             throw new ArgumentException($"rows [{job.RowStart}, {job.RowStart + job.RowCount}) are outside dataset {job.DatasetId} ({manifest.Entries.Count} images)");
         }
-        Backbone model = models.Get(new ModelRequest(job.Model, job.WeightsPath, job.WeightsHash, job.Precision));
+        InferenceModel model = models.Get(new ModelRequest(job.Model, job.WeightsPath, job.WeightsHash, job.Precision));
         ArchitectureInfo architecture = ModelCatalog.Find(job.Model);
-        ScalarType computeType = ModelProvider.ComputeType(job.Precision);
         string[] paths = manifest.Entries.Skip((int)job.RowStart).Take(job.RowCount).Select(e => e.Path).ToArray();
 
         // Lanes + 2 buffers: one batch in each lane, one being decoded and one waiting, whatever the dataset size.
@@ -92,7 +91,7 @@ public sealed class FeatureExtractor(
                     using (batch)
                     {
                         cancellationToken.ThrowIfCancellationRequested();
-                        Forward(batch, model, job, computeType, side, output);
+                        Forward(batch, model, job, side, output);
                     }
                     jobs.ReportThroughput(Interlocked.Add(ref processed, batch.Count) / Math.Max(clock.Elapsed.TotalSeconds, 1e-3));
                 }));
@@ -143,7 +142,7 @@ public sealed class FeatureExtractor(
     }
 
     /// <summary>One batch through the backbone to the tap (on a lane thread), its features stored at its rows.</summary>
-    private void Forward(ImageBatch batch, Backbone model, ExtractFeatures job, ScalarType computeType, int side, ShardFeatures output)
+    private void Forward(ImageBatch batch, InferenceModel model, ExtractFeatures job, int side, ShardFeatures output)
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
@@ -154,16 +153,9 @@ public sealed class FeatureExtractor(
         {
             // GPU: stage in page-locked host memory so the host-to-device copy is asynchronous; the decoders
             // meanwhile fill the next batch. (Untested here: no CUDA build of TorchSharp in this environment.)
-            input = input.pin_memory().to(device.Device, non_blocking: true).to(computeType);
+            input = input.pin_memory().to(device.Device, non_blocking: true);
         }
-        else
-        {
-            input = input.to(computeType);
-        }
-        if (computeType == ScalarType.BFloat16)
-        {
-            input = ModelProvider.ChannelsLast(input);
-        }
+        input = model.PrepareInput(input);
         Tensor result = model.ForwardTo(input, job.Layer);
         if (job.Pooling == "avg" && result.dim() == 4)
         {

@@ -21,9 +21,9 @@ public sealed class ModelProvider(FileStore store, TorchDevice device, ILogger<M
 {
     private readonly object _gate = new();
     private ModelRequest? _cachedRequest;
-    private Backbone? _cached;
+    private InferenceModel? _cached;
 
-    public Backbone Get(ModelRequest request)
+    public InferenceModel Get(ModelRequest request)
     {
         lock (_gate)
         {
@@ -39,14 +39,7 @@ public sealed class ModelProvider(FileStore store, TorchDevice device, ILogger<M
         }
     }
 
-    public static ScalarType ComputeType(string precision) => precision switch
-    {
-        "fp32" => ScalarType.Float32,
-        "bf16" => ScalarType.BFloat16,
-        _ => throw new ArgumentException($"precision '{precision}' is not one of: fp32, bf16", nameof(precision)),
-    };
-
-    private Backbone Build(ModelRequest request)
+    private InferenceModel Build(ModelRequest request)
     {
         ArchitectureInfo info = ModelCatalog.Find(request.Model);
         Backbone model;
@@ -66,37 +59,11 @@ public sealed class ModelProvider(FileStore store, TorchDevice device, ILogger<M
                 logger.LogInformation("Loaded {Count} tensors into {Model} from {Weights}", report.Loaded, request.Model, request.WeightsPath);
             }
         }
-        model.eval();
-        model.to(device.Device);
-        if (request.Precision == "bf16")
-        {
-            model.to(ScalarType.BFloat16);
-            ToChannelsLast(model);
-        }
-        logger.LogInformation("Model {Model} ({Weights}) ready on {Device} in {Precision}", request.Model, request.WeightsHash, device.Name, request.Precision);
-        return model;
+        InferenceModel prepared = InferenceModel.Prepare(model, request.Precision, device.Device);
+        logger.LogInformation("Model {Model} ({Weights}) ready on {Device} in {Precision}{Folded}", request.Model, request.WeightsHash, device.Name,
+            request.Precision, prepared.Folded is null ? "" : ", batch norms folded");
+        return prepared;
     }
-
-    /// <summary>
-    /// Gives every 4-D weight channels-last strides (NHWC in memory, NCHW in shape). TorchSharp has no
-    /// memory_format API; with both weights and inputs in this layout oneDNN takes its NHWC path, which on
-    /// CPUs with AMX/AVX-512 doubles the bf16 convolution rate (ENVIRONMENT.md).
-    /// </summary>
-    public static void ToChannelsLast(nn.Module model)
-    {
-        using var noGrad = no_grad();
-        foreach (var (_, parameter) in model.named_parameters())
-        {
-            if (parameter.dim() == 4)
-            {
-                using Tensor nhwc = parameter.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2);
-                parameter.set_(nhwc);
-            }
-        }
-    }
-
-    /// <summary>The same channels-last layout for an input batch.</summary>
-    public static Tensor ChannelsLast(Tensor batch) => batch.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2);
 
     public void Dispose()
     {

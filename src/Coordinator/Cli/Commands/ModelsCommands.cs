@@ -148,6 +148,10 @@ public sealed class ModelsBenchSettings : GlobalSettings
     [Description("libtorch threads per lane (default: the cores shared out among the lanes).")]
     [DefaultValue(0)]
     public int Threads { get; init; }
+
+    [CommandOption("--no-fold")]
+    [Description("Run batch norms as they are instead of folded into the convolutions (ResNets), to measure what folding gains.")]
+    public bool NoFold { get; init; }
 }
 
 /// <summary>
@@ -163,18 +167,12 @@ public sealed class ModelsBenchCommand : Command<ModelsBenchSettings>
             throw new Cluster.Hosting.ClusterConfigurationException($"--precision '{settings.Precision}' is not one of: fp32, bf16.");
         }
         ArchitectureInfo info = ModelCatalog.Find(settings.Architecture);
-        using Backbone model = info.Build();
-        model.eval();
+        // Prepared as a worker prepares it (InferenceModel: precision, layout, folded batch norms).
+        using InferenceModel model = InferenceModel.Prepare(info.Build(), settings.Precision, TorchSharp.torch.CPU, fold: !settings.NoFold);
         string tap = settings.Layer ?? info.DefaultTap;
-        var type = Cluster.GpuWorker.Extraction.ModelProvider.ComputeType(settings.Precision);
-        if (settings.Precision == "bf16")
-        {
-            model.to(type);
-            Cluster.GpuWorker.Extraction.ModelProvider.ToChannelsLast(model);
-        }
-        using TorchSharp.torch.Tensor random = TorchSharp.torch.randn(settings.BatchSize, 3, info.InputSize, info.InputSize).to(type);
-        using TorchSharp.torch.Tensor input = settings.Precision == "bf16" ? Cluster.GpuWorker.Extraction.ModelProvider.ChannelsLast(random) : random.alias();
-        model.ResolveTap(tap);
+        model.Backbone.ResolveTap(tap);
+        using TorchSharp.torch.Tensor random = TorchSharp.torch.randn(settings.BatchSize, 3, info.InputSize, info.InputSize);
+        using TorchSharp.torch.Tensor input = model.PrepareInput(random);
         // The lanes a CPU worker runs forward passes on (FeatureExtractor), each lane one batch at a time, with one
         // dispose scope per batch: every tensor a forward pass makes is freed when it ends.
         using var lanes = new ForwardLanes(LaneLayout.For(TorchDevice.Cpu, settings.Lanes, settings.Threads));
@@ -210,6 +208,7 @@ public sealed class ModelsBenchCommand : Command<ModelsBenchSettings>
             precision = settings.Precision,
             channelsLast = settings.Precision == "bf16",
             batchSize = settings.BatchSize,
+            batchNormsFolded = model.Folded is not null,
             lanes = lanes.Layout.Lanes,
             threadsPerLane = lanes.Layout.ThreadsPerLane,
             images,

@@ -1,0 +1,101 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Cluster.GpuWorker.Models;
+
+/// <summary>
+/// A backbone prepared to compute features: eval mode, weights on the device in the compute precision (bf16 with
+/// channels-last strides), and for ResNets the batch norms folded into the convolutions (<see cref="FoldedResNet"/>).
+/// Extraction and `coordinator models bench` run the same thing. Owns the backbone.
+/// </summary>
+public sealed class InferenceModel : IDisposable
+{
+    private InferenceModel(Backbone backbone, FoldedResNet? folded, ScalarType computeType)
+    {
+        Backbone = backbone;
+        Folded = folded;
+        ComputeType = computeType;
+    }
+
+    public Backbone Backbone { get; }
+
+    /// <summary>The folded forward pass, or null where the architecture has none (then the backbone runs as built).</summary>
+    public FoldedResNet? Folded { get; }
+
+    public ScalarType ComputeType { get; }
+
+    /// <summary>
+    /// Prepares <paramref name="backbone"/> (float32, weights loaded) for <paramref name="precision"/> ("fp32" or
+    /// "bf16") on <paramref name="device"/>; <paramref name="fold"/> false keeps the batch norms as they are.
+    /// </summary>
+    public static InferenceModel Prepare(Backbone backbone, string precision, Device device, bool fold = true)
+    {
+        ArgumentNullException.ThrowIfNull(backbone);
+        ScalarType type = ComputeTypeOf(precision);
+        bool channelsLast = type == ScalarType.BFloat16;
+        backbone.eval();
+        // Folded from the float32 weights, before the backbone itself is converted.
+        FoldedResNet? folded = fold ? FoldedResNet.TryCreate(backbone, type, device, channelsLast) : null;
+        backbone.to(device);
+        if (type != ScalarType.Float32)
+        {
+            backbone.to(type);
+        }
+        if (channelsLast)
+        {
+            ToChannelsLast(backbone);
+        }
+        return new InferenceModel(backbone, folded, type);
+    }
+
+    public static ScalarType ComputeTypeOf(string precision) => precision switch
+    {
+        "fp32" => ScalarType.Float32,
+        "bf16" => ScalarType.BFloat16,
+        _ => throw new ArgumentException($"precision '{precision}' is not one of: fp32, bf16", nameof(precision)),
+    };
+
+    /// <summary>
+    /// Float32 images (N×3×H×W, on the model's device) in the compute type and layout the weights have; the
+    /// caller's dispose scope owns the result.
+    /// </summary>
+    public Tensor PrepareInput(Tensor images)
+    {
+        Tensor typed = images.to(ComputeType);
+        return ComputeType == ScalarType.BFloat16 ? ChannelsLast(typed) : typed;
+    }
+
+    /// <summary>Runs to <paramref name="tap"/> (a step name or alias): folded where it covers the tap, else the backbone.</summary>
+    public Tensor ForwardTo(Tensor input, string tap)
+    {
+        string step = Backbone.Steps[Backbone.ResolveTap(tap)].Name;
+        return Folded is not null && Folded.Covers(step) ? Folded.ForwardTo(input, step) : Backbone.ForwardTo(input, tap);
+    }
+
+    /// <summary>
+    /// Gives every 4-D weight channels-last strides (NHWC in memory, NCHW in shape). TorchSharp has no
+    /// memory_format API; with both weights and inputs in this layout oneDNN takes its NHWC path, which on
+    /// CPUs with AMX/AVX-512 doubles the bf16 convolution rate (ENVIRONMENT.md).
+    /// </summary>
+    public static void ToChannelsLast(nn.Module model)
+    {
+        using var noGrad = no_grad();
+        foreach (var (_, parameter) in model.named_parameters())
+        {
+            if (parameter.dim() == 4)
+            {
+                using Tensor nhwc = parameter.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2);
+                parameter.set_(nhwc);
+            }
+        }
+    }
+
+    /// <summary>The same channels-last layout for an input batch.</summary>
+    public static Tensor ChannelsLast(Tensor batch) => batch.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2);
+
+    public void Dispose()
+    {
+        Folded?.Dispose();
+        Backbone.Dispose();
+    }
+}
