@@ -10,11 +10,12 @@ namespace Cluster.GpuWorker.Models;
 /// </summary>
 public sealed class InferenceModel : IDisposable
 {
-    private InferenceModel(Backbone backbone, FoldedResNet? folded, ScalarType computeType)
+    private InferenceModel(Backbone backbone, FoldedResNet? folded, ScalarType computeType, bool channelsLast)
     {
         Backbone = backbone;
         Folded = folded;
         ComputeType = computeType;
+        IsChannelsLast = channelsLast;
     }
 
     public Backbone Backbone { get; }
@@ -24,6 +25,9 @@ public sealed class InferenceModel : IDisposable
 
     public ScalarType ComputeType { get; }
 
+    /// <summary>Whether weights and inputs have channels-last strides (see <see cref="Prepare"/>).</summary>
+    public bool IsChannelsLast { get; }
+
     /// <summary>
     /// Prepares <paramref name="backbone"/> (float32, weights loaded) for <paramref name="precision"/> ("fp32" or
     /// "bf16") on <paramref name="device"/>; <paramref name="fold"/> false keeps the batch norms as they are.
@@ -32,7 +36,9 @@ public sealed class InferenceModel : IDisposable
     {
         ArgumentNullException.ThrowIfNull(backbone);
         ScalarType type = ComputeTypeOf(precision);
-        bool channelsLast = type == ScalarType.BFloat16;
+        // Channels-last on every CPU run (oneDNN's NHWC kernels: bf16 twice the rate, fp32 measured +10-17% on the
+        // build machine, same float32 arithmetic in another order) and for bf16 on a GPU.
+        bool channelsLast = type == ScalarType.BFloat16 || device.type == DeviceType.CPU;
         backbone.eval();
         // Folded from the float32 weights, before the backbone itself is converted.
         FoldedResNet? folded = fold ? FoldedResNet.TryCreate(backbone, type, device, channelsLast) : null;
@@ -45,7 +51,7 @@ public sealed class InferenceModel : IDisposable
         {
             ToChannelsLast(backbone);
         }
-        return new InferenceModel(backbone, folded, type);
+        return new InferenceModel(backbone, folded, type, channelsLast);
     }
 
     public static ScalarType ComputeTypeOf(string precision) => precision switch
@@ -61,8 +67,10 @@ public sealed class InferenceModel : IDisposable
     /// </summary>
     public Tensor PrepareInput(Tensor images)
     {
-        Tensor typed = images.to(ComputeType);
-        return ComputeType == ScalarType.BFloat16 ? ChannelsLast(typed) : typed;
+        // Layout first, then type: the conversion keeps the strides, and permuting 4-byte floats is about four times
+        // faster than permuting 2-byte bf16 values (15 ms against 4 ms for 32 images at 224 on one core).
+        Tensor laidOut = IsChannelsLast ? ChannelsLast(images) : images;
+        return laidOut.to(ComputeType);
     }
 
     /// <summary>Runs to <paramref name="tap"/> (a step name or alias): folded where it covers the tap, else the backbone.</summary>
