@@ -143,13 +143,18 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
         }
     }
 
-    private Tensor Run(Tensor input, int from, int to)
+    private Tensor Run(Tensor input, int from, int to) => RunChain(input, _steps.Skip(from).Take(to - from).Select(s => s.Run));
+
+    /// <summary>
+    /// Runs <paramref name="steps"/> one after another on <paramref name="input"/>. Intermediate activations die as
+    /// soon as the next step has them; the caller owns input and result (an alias of the input when no step ran).
+    /// </summary>
+    internal static Tensor RunChain(Tensor input, IEnumerable<Func<Tensor, Tensor>> steps)
     {
         Tensor x = input;
-        for (int i = from; i < to; i++)
+        foreach (Func<Tensor, Tensor> step in steps)
         {
-            Tensor next = _steps[i].Run(x);
-            // Intermediate activations die as soon as the next step has them; the caller owns input and result.
+            Tensor next = step(x);
             if (!ReferenceEquals(x, input) && !ReferenceEquals(x, next))
             {
                 x.Dispose();

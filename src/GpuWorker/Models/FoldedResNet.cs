@@ -94,18 +94,7 @@ public sealed class FoldedResNet : IDisposable
     public Tensor ForwardTo(Tensor input, string step)
     {
         int last = _index.TryGetValue(step, out int i) ? i : throw new ArgumentException($"the folded ResNet does not cover step '{step}'", nameof(step));
-        Tensor x = input;
-        for (int s = 0; s <= last; s++)
-        {
-            Tensor next = _steps[s].Run(x);
-            // Intermediate activations die as soon as the next step has them; the caller owns input and result.
-            if (!ReferenceEquals(x, input) && !ReferenceEquals(x, next))
-            {
-                x.Dispose();
-            }
-            x = next;
-        }
-        return x;
+        return Backbone.RunChain(input, _steps.Take(last + 1).Select(s => s.Run));
     }
 
     public void Dispose()
@@ -164,7 +153,7 @@ public sealed class FoldedResNet : IDisposable
         {
             bias = bias + convBias * scale;
         }
-        weight = channelsLast ? weight.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2) : weight.contiguous();
+        weight = channelsLast ? InferenceModel.ChannelsLast(weight) : weight.contiguous();
         bias = bias.to(type, device);
         weight.DetachFromDisposeScope();
         bias.DetachFromDisposeScope();

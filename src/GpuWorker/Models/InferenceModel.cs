@@ -92,13 +92,13 @@ public sealed class InferenceModel : IDisposable
         {
             if (parameter.dim() == 4)
             {
-                using Tensor nhwc = parameter.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2);
+                using Tensor nhwc = ChannelsLast(parameter);
                 parameter.set_(nhwc);
             }
         }
     }
 
-    /// <summary>The same channels-last layout for an input batch.</summary>
+    /// <summary>A copy of a 4-D tensor (a batch or a convolution's weights) with channels-last strides.</summary>
     public static Tensor ChannelsLast(Tensor batch) => batch.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2);
 
     public void Dispose()

@@ -206,7 +206,7 @@ public sealed class ModelsBenchCommand : Command<ModelsBenchSettings>
             architecture = info.Name,
             layer = tap,
             precision = settings.Precision,
-            channelsLast = settings.Precision == "bf16",
+            channelsLast = model.IsChannelsLast,
             batchSize = settings.BatchSize,
             batchNormsFolded = model.Folded is not null,
             lanes = lanes.Layout.Lanes,
