@@ -9,7 +9,8 @@ public static partial class TorchRuntime
     private static int s_initialized;
 
     /// <summary>
-    /// Turns NNPACK off. On CPUs NNPACK does not support (this project's CI machines among them) libtorch
+    /// Keeps freed native blocks in the C library's heap for reuse (<see cref="NativeHeap.KeepFreedBlocks"/>), and
+    /// turns NNPACK off. On CPUs NNPACK does not support (this project's CI machines among them) libtorch
     /// logs "Could not initialize NNPACK! Reason: Unsupported hardware." on every convolution, burying real
     /// output; and where it is supported, oneDNN is the faster CPU path for our batch sizes anyway.
     /// TorchSharp exposes no switch for it, so this calls libtorch's own at::globalContext().setUserEnabledNNPACK(false)
@@ -25,6 +26,8 @@ public static partial class TorchRuntime
         {
             return;
         }
+        // Before libtorch allocates its first activation.
+        NativeHeap.KeepFreedBlocks();
         try
         {
             // Loads libtorch through TorchSharp first, so the calls below bind to the same library.

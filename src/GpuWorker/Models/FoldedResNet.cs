@@ -49,8 +49,8 @@ public sealed class FoldedResNet : IDisposable
             using var noGrad = no_grad();
             (Tensor w, Tensor b) stem = folded.Fold(state, "conv1", "bn1", type, device, channelsLast);
             folded.Add("bn1", x => nn.functional.conv2d(x, stem.w, stem.b, strides: [2, 2], padding: [3, 3]));
-            folded.Add("relu", x => nn.functional.relu(x));
-            folded.Add("maxpool", x => nn.functional.max_pool2d(x, kernel_size: 3, stride: 2, padding: 1));
+            folded.Add("relu", RectifyInPlace);
+            folded.Add("maxpool", MaxPool);
             for (int stage = 1; stage <= 4; stage++)
             {
                 for (int block = 0; state.ContainsKey($"layer{stage}.{block}.conv1.weight"); block++)
@@ -97,6 +97,20 @@ public sealed class FoldedResNet : IDisposable
         return Backbone.RunChain(input, _steps.Take(last + 1).Select(s => s.Run));
     }
 
+    private static Tensor MaxPool(Tensor x) => nn.functional.max_pool2d(x, kernel_size: 3, stride: 2, padding: 1);
+
+    /// <summary>ReLU in place on an activation this chain owns (never the caller's input): no new feature map.</summary>
+    private static Tensor RectifyInPlace(Tensor x)
+    {
+        Tensor result = x.relu_();
+        if (!ReferenceEquals(result, x))
+        {
+            // Some TorchSharp versions return a second handle to the same tensor.
+            result.Dispose();
+        }
+        return x;
+    }
+
     public void Dispose()
     {
         foreach (Tensor weight in _weights)
@@ -120,7 +134,7 @@ public sealed class FoldedResNet : IDisposable
             y = next;
             if (i < convs.Count - 1)
             {
-                y.relu_();
+                RectifyInPlace(y);
             }
         }
         if (shortcut is (Tensor sw, Tensor sb))
@@ -132,7 +146,7 @@ public sealed class FoldedResNet : IDisposable
         {
             y.add_(x);
         }
-        return y.relu_();
+        return RectifyInPlace(y);
     }
 
     private void Add(string tap, Func<Tensor, Tensor> run)
