@@ -150,8 +150,6 @@ public sealed class FeatureExtractor(
         {
             BatchSize = batchSize,
             MaxBuffers = lanes.Layout.Lanes + 2,
-            // The last rows of a shard in one batch per lane, so that no lane idles while another finishes the shard.
-            TailBatches = lanes.Layout.Lanes,
             Decoder = new ImageDecoderOptions { Root = root },
         };
         lock (_pipelineGate)

@@ -26,7 +26,7 @@ public sealed class ImageBatch : IDisposable
         Skipped = skipped;
     }
 
-    /// <summary>Position of this batch in its run, from 0; the rows it covers are given by the pipeline's <see cref="BatchLayout"/>.</summary>
+    /// <summary>Position of this batch in its run, from 0; batch i covers input rows [i × BatchSize, (i + 1) × BatchSize).</summary>
     public long Index { get; }
 
     /// <summary>How many images the batch holds (its batch size minus its skipped rows).</summary>

@@ -11,12 +11,6 @@ public sealed record ImagePipelineOptions
     /// <summary>Input rows per batch; a batch holds fewer images when some of its rows are skipped.</summary>
     public int BatchSize { get; init; } = 32;
 
-    /// <summary>
-    /// How many near-equal batches share the last rows of a run (see <see cref="BatchLayout"/>): the number of
-    /// consumers computing batches in parallel, so that they finish a run together. 1: plain batches.
-    /// </summary>
-    public int TailBatches { get; init; } = 1;
-
     /// <summary>Images decoded at once; 0: one per core.</summary>
     public int Decoders { get; init; }
 
@@ -32,9 +26,9 @@ public sealed record ImagePipelineOptions
 
 /// <summary>
 /// Decodes a list of images into batches, in parallel, while the consumer computes on earlier batches. Batches
-/// arrive in order through a bounded channel; each holds the decoded images of its range of input rows (BatchSize
-/// rows, the tail cut as <see cref="BatchLayout"/> says), packed at the front of its buffer, and lists the rows it
-/// skipped with their reasons, so every row is accounted for exactly once.
+/// arrive in order through a bounded channel; batch i holds the decoded images of input rows
+/// [i × BatchSize, (i + 1) × BatchSize), packed at the front of its buffer, and lists the rows it skipped with their
+/// reasons, so every row is accounted for exactly once.
 /// </summary>
 /// <remarks>
 /// Decoders take images one at a time from a shared counter (not a batch each), so a batch fills at the speed of
@@ -51,7 +45,6 @@ public sealed class ImageBatchPipeline
         ArgumentNullException.ThrowIfNull(preprocessing);
         Options = options ?? new ImagePipelineOptions();
         ArgumentOutOfRangeException.ThrowIfLessThan(Options.BatchSize, 1);
-        ArgumentOutOfRangeException.ThrowIfLessThan(Options.TailBatches, 1);
         ArgumentOutOfRangeException.ThrowIfNegative(Options.Decoders);
         ArgumentOutOfRangeException.ThrowIfLessThan(Options.MaxBuffers, 1);
         Preprocessing = preprocessing;
@@ -112,14 +105,10 @@ public sealed class ImageBatchPipeline
         }
     }
 
-    /// <summary>How a run over <paramref name="count"/> images is cut into batches.</summary>
-    public BatchLayout LayoutOf(int count) => new(count, Options.BatchSize, Options.TailBatches);
-
     /// <summary>The state of one pass over a list of paths.</summary>
     private sealed class Run(ImageBatchPipeline pipeline, IReadOnlyList<string> paths, long firstRow)
     {
-        private readonly BatchLayout _layout = pipeline.LayoutOf(paths.Count);
-        private readonly Slot?[] _slots = new Slot?[pipeline.LayoutOf(paths.Count).Batches];
+        private readonly Slot?[] _slots = new Slot?[(int)((paths.Count + (long)pipeline.Options.BatchSize - 1) / pipeline.Options.BatchSize)];
         private long _nextImage;
 
         public Channel<ImageBatch> Batches { get; } = Channel.CreateBounded<ImageBatch>(
@@ -178,7 +167,7 @@ public sealed class ImageBatchPipeline
         }
 
         private Slot SlotOf(int batch) =>
-            LazyInitializer.EnsureInitialized(ref _slots[batch], () => new Slot(_layout.Size(batch)));
+            LazyInitializer.EnsureInitialized(ref _slots[batch], () => new Slot(Math.Min(pipeline.Options.BatchSize, paths.Count - (batch * pipeline.Options.BatchSize))));
 
         // Strictly in batch order: the batch next in line for delivery is never left without a buffer.
         private async Task AllocateAsync(CancellationToken ct)
@@ -196,6 +185,7 @@ public sealed class ImageBatchPipeline
         private async Task DecodeAsync(CancellationToken ct)
         {
             var decoder = new ImageDecoder(pipeline.Options.Decoder);
+            var batchSize = pipeline.Options.BatchSize;
             var length = pipeline.ImageLength;
             while (true)
             {
@@ -207,8 +197,8 @@ public sealed class ImageBatchPipeline
                     return;
                 }
 
-                var batch = _layout.BatchOf((int)image);
-                var position = (int)image - _layout.Start(batch);
+                var batch = (int)(image / batchSize);
+                var position = (int)(image % batchSize);
                 var slot = SlotOf(batch);
                 var buffer = await slot.Buffer.Task.WaitAsync(ct);
                 slot.Results[position] = DecodeOne(decoder, paths[(int)image], buffer.AsSpan(position * length, length));
@@ -235,14 +225,14 @@ public sealed class ImageBatchPipeline
 
         private async Task DeliverAsync(CancellationToken ct)
         {
+            var batchSize = pipeline.Options.BatchSize;
             var length = pipeline.ImageLength;
-            for (var batch = 0; batch < _layout.Batches; batch++)
+            for (var batch = 0; batch < _slots.Length; batch++)
             {
                 var slot = SlotOf(batch);
                 await slot.Done.Task.WaitAsync(ct);
                 var buffer = await slot.Buffer.Task;
-                var start = _layout.Start(batch);
-                var firstOfBatch = firstRow + start;
+                var firstOfBatch = firstRow + ((long)batch * batchSize);
                 var rows = new List<long>(slot.Results.Length);
                 var skipped = new List<SkippedRow>();
                 for (var position = 0; position < slot.Results.Length; position++)
@@ -250,7 +240,7 @@ public sealed class ImageBatchPipeline
                     var result = slot.Results[position];
                     if (!result.IsOk)
                     {
-                        skipped.Add(new SkippedRow(firstOfBatch + position, result.ToSkipped(paths[start + position])));
+                        skipped.Add(new SkippedRow(firstOfBatch + position, result.ToSkipped(paths[(batch * batchSize) + position])));
                         continue;
                     }
 

@@ -71,34 +71,6 @@ public sealed class ImageBatchPipelineTests : IClassFixture<ImageBatchPipelineTe
     }
 
     [Fact]
-    public async Task With_a_shared_tail_the_last_rows_come_in_near_equal_batches_and_every_row_still_once()
-    {
-        var pipeline = new ImageBatchPipeline(s_preprocessing, Options(maxBuffers: 3) with { TailBatches = 2 });
-        var rows = new List<long>();
-        var skipped = new List<long>();
-        var sizes = new List<int>();
-
-        await foreach (var batch in pipeline.RunAsync(_paths, FirstRow, Timeout()))
-        {
-            using (batch)
-            {
-                sizes.Add(batch.Count + batch.Skipped.Count);
-                rows.AddRange(batch.Rows);
-                skipped.AddRange(batch.Skipped.Select(s => s.Row));
-                for (var i = 0; i < batch.Count; i++)
-                {
-                    batch.Image(i)[0].ShouldBe((batch.Rows[i] - FirstRow) % 256, $"red of the image delivered for row {batch.Rows[i]}");
-                }
-            }
-        }
-
-        // 300 rows: eight batches of 32, then 44 shared as 22 and 22 (plain batches would end with 32 and 12).
-        sizes.ShouldBe([.. Enumerable.Repeat(32, 8), 22, 22]);
-        rows.ShouldBe(Enumerable.Range(0, ImageCount).Where(i => !s_bad.ContainsKey(i)).Select(i => FirstRow + i));
-        skipped.ShouldBe(s_bad.Keys.Select(i => FirstRow + i));
-    }
-
-    [Fact]
     public async Task Buffers_are_reused_across_runs_and_never_exceed_the_maximum()
     {
         var pipeline = new ImageBatchPipeline(s_preprocessing, Options(maxBuffers: 2));
