@@ -33,8 +33,9 @@ public static partial class NativeHeap
     /// <summary>
     /// Makes the C library keep freed blocks for reuse instead of unmapping them or trimming the heap after every
     /// free: no mmap-served blocks, no automatic trimming. Left alone when the environment already tunes glibc's
-    /// malloc (GLIBC_TUNABLES with glibc.malloc.*, or a MALLOC_* variable such as MALLOC_MMAP_MAX_): an operator's choice wins. Returns
-    /// whether the settings were applied. A no-op off glibc (musl's mallopt does nothing; macOS and Windows have none).
+    /// malloc (GLIBC_TUNABLES with glibc.malloc.*, or a MALLOC_* variable such as MALLOC_MMAP_MAX_): an operator's
+    /// choice wins. Returns whether the settings were applied. A no-op off glibc (musl's mallopt does nothing;
+    /// macOS and Windows have none).
     /// </summary>
     public static bool KeepFreedBlocks()
     {
@@ -45,7 +46,9 @@ public static partial class NativeHeap
         try
         {
             // glibc returns 1 on success. Trimming happens per shard instead (ReleaseFreedMemory).
-            return Mallopt(MallocMmapMax, 0) == 1 & Mallopt(MallocTrimThreshold, int.MaxValue) == 1;
+            bool noMmap = Mallopt(MallocMmapMax, 0) == 1;
+            bool noAutomaticTrim = Mallopt(MallocTrimThreshold, int.MaxValue) == 1;
+            return noMmap && noAutomaticTrim;
         }
         catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException)
         {

@@ -10,11 +10,11 @@ public sealed class NativeHeapTests
     [Fact]
     public void After_KeepFreedBlocks_an_activation_sized_block_comes_from_the_heap_not_from_a_fresh_mmap()
     {
-        if (!OperatingSystem.IsLinux())
+        if (!OperatingSystem.IsLinux() || NativeHeap.MallocTunedByEnvironment(Environment.GetEnvironmentVariables()))
         {
-            return; // glibc's malloc only; the call is a no-op elsewhere
+            return; // glibc's malloc only, and not where the environment tunes it (then the call leaves it alone)
         }
-        NativeHeap.KeepFreedBlocks().ShouldBeTrue("this process's environment does not tune glibc's malloc, so the settings apply");
+        NativeHeap.KeepFreedBlocks().ShouldBeTrue();
 
         // 48 MB: above glibc's largest mmap threshold (32 MiB), so by default it would be mmapped, and unmapped on free.
         const int Bytes = 48 << 20;
