@@ -161,9 +161,13 @@ public sealed class ExtractionTests : IAsyncLifetime
         TestImages.WriteDataset(_dataset, goodPerClass: 60, hostile: false);
         ClusterProcess first = _cluster.Worker("--device", "cpu", "--id", "doomed-" + _cluster.Name);
         ClusterProcess extract = _cluster.Coordinator("extract", "--cluster", "--dataset", _dataset, "--shard-size", "120", "--batch-size", "4", "--format", "json");
+        // The worker loads the model inside the shard's job, so its "ready" line means it holds the shard, which then
+        // takes seconds (120 images in batches of 4). Its log is seen within the poll; RabbitMQ's management
+        // statistics (unacknowledged messages) lag by up to their 5 s collection interval, and a fast worker had
+        // finished and recorded the shard by then.
         await Eventually.WaitAsync(
-            async () => (await _cluster.QueueAsync(QueueNames.GpuWork))?.Unacknowledged == 1,
-            s_deadline, "the first worker to take the shard");
+            () => Task.FromResult((first.StandardOutput + first.StandardError).Contains(" ready on ", StringComparison.Ordinal)),
+            s_deadline, "the first worker to take the shard and load its model");
 
         using (var kill = System.Diagnostics.Process.Start("kill", ["-KILL", first.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
         {
