@@ -80,6 +80,12 @@ public sealed class WorkerOptions
     /// </summary>
     [Range(0, 64)]
     public int ForwardLanes { get; set; }
+
+    /// <summary>
+    /// Where the kernel check keeps its verdicts (per libtorch version and CPU); empty: $XDG_CACHE_HOME or
+    /// ~/.cache/transfer-cluster/kernels. A node-local folder or the shared volume both work.
+    /// </summary>
+    public string? KernelCache { get; set; }
 }
 
 /// <summary>The settings every process resolves once at start: mode, storage, bus and database.</summary>

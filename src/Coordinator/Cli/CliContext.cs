@@ -85,6 +85,21 @@ public sealed class CliContext
         }
     }
 
+    /// <summary>
+    /// The kernel check for models this process runs itself (`models bench`, `predict`), with the workers' settings
+    /// (`Worker:KernelCache`), logging to this command's log.
+    /// </summary>
+    public GpuWorker.Kernels.KernelVerifier KernelVerifier()
+    {
+        WorkerOptions worker = Configuration.GetSection(WorkerOptions.SectionName).Get<WorkerOptions>() ?? new WorkerOptions();
+        var options = new GpuWorker.Kernels.KernelVerifierOptions
+        {
+            CacheDirectory = string.IsNullOrWhiteSpace(worker.KernelCache) ? GpuWorker.Kernels.KernelVerifierOptions.DefaultCacheDirectory : worker.KernelCache,
+        };
+        using var loggers = new Serilog.Extensions.Logging.SerilogLoggerFactory(Log.Logger);
+        return new GpuWorker.Kernels.KernelVerifier(options, Microsoft.Extensions.Logging.LoggerFactoryExtensions.CreateLogger<GpuWorker.Kernels.KernelVerifier>(loggers));
+    }
+
     public Task RequireBrokerAsync(CancellationToken cancellationToken) =>
         IsEmbedded
             ? Task.CompletedTask

@@ -27,6 +27,7 @@ public static partial class NativeHeap
     // glibc's <malloc.h>.
     private const int MallocTrimThreshold = -1;
     private const int MallocMmapMax = -4;
+    private const int MallocPerturb = -6;
 
     private static bool s_unavailable = !OperatingSystem.IsLinux();
 
@@ -49,6 +50,30 @@ public static partial class NativeHeap
             bool noMmap = Mallopt(MallocMmapMax, 0) == 1;
             bool noAutomaticTrim = Mallopt(MallocTrimThreshold, int.MaxValue) == 1;
             return noMmap && noAutomaticTrim;
+        }
+        catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException)
+        {
+            s_unavailable = true;
+            return false;
+        }
+    }
+
+    /// <summary>
+    /// Fills every block malloc hands out with 0x7F bytes (3.4e38 as float32, a huge value as bfloat16 and float64) and
+    /// every freed one with 0x80 (glibc's M_PERTURB): memory a kernel reads without having written it then gives a wrong
+    /// result every time, not only when the block happens to hold garbage. For kernel probes only (it costs a memset
+    /// per allocation). Returns whether it was applied.
+    /// </summary>
+    public static bool PoisonNewBlocks()
+    {
+        if (s_unavailable)
+        {
+            return false;
+        }
+        try
+        {
+            // M_PERTURB p: allocations are filled with p ^ 0xFF, freed blocks with p.
+            return Mallopt(MallocPerturb, 0x80) == 1;
         }
         catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException)
         {

@@ -60,8 +60,10 @@ public sealed class FeatureExtractor(
         {
             throw new ArgumentException($"rows [{job.RowStart}, {job.RowStart + job.RowCount}) are outside dataset {job.DatasetId} ({manifest.Entries.Count} images)");
         }
-        InferenceModel model = models.Get(new ModelRequest(job.Model, job.WeightsPath, job.WeightsHash, job.Precision));
         ArchitectureInfo architecture = ModelCatalog.Find(job.Model);
+        // Checked for this shard's batch sizes on the lanes' threads; a batch shortened by skipped images is checked when it comes.
+        var plan = new KernelPlan(architecture.InputSize, KernelPlan.BatchSizesFor(job.RowCount, job.BatchSize), lanes.Layout.ThreadsPerLane, job.Layer);
+        InferenceModel model = models.Get(new ModelRequest(job.Model, job.WeightsPath, job.WeightsHash, job.Precision), plan);
         string[] paths = manifest.Entries.Skip((int)job.RowStart).Take(job.RowCount).Select(e => e.Path).ToArray();
 
         ImageBatchPipeline pipeline = PipelineFor(architecture.Preprocessing, job.BatchSize, manifest.Root);

@@ -1,4 +1,5 @@
 using Cluster.GpuWorker.Devices;
+using Cluster.GpuWorker.Kernels;
 using Cluster.GpuWorker.Models;
 using Cluster.GpuWorker.Weights;
 using Cluster.Storage.Files;
@@ -14,32 +15,34 @@ namespace Cluster.GpuWorker.Extraction;
 public sealed record ModelRequest(string Model, string? WeightsPath, string WeightsHash, string Precision);
 
 /// <summary>
-/// Builds a backbone with its weights, in eval mode on the worker's device, and keeps the last one: a worker
-/// runs one job at a time and consecutive shards of a feature set use the same model.
+/// Builds a backbone with its weights, in eval mode on the worker's device, its convolutions checked for the plan,
+/// and keeps the last one: a worker runs one job at a time and consecutive shards of a feature set use the same model
+/// (a later shard's plan only adds the batch sizes not yet checked).
 /// </summary>
-public sealed class ModelProvider(FileStore store, TorchDevice device, ILogger<ModelProvider> logger) : IDisposable
+public sealed class ModelProvider(FileStore store, TorchDevice device, KernelVerifier verifier, ILogger<ModelProvider> logger) : IDisposable
 {
     private readonly object _gate = new();
     private ModelRequest? _cachedRequest;
     private InferenceModel? _cached;
 
-    public InferenceModel Get(ModelRequest request)
+    public InferenceModel Get(ModelRequest request, KernelPlan plan)
     {
         lock (_gate)
         {
             if (_cached is not null && request == _cachedRequest)
             {
+                _cached.EnsureVerified(plan);
                 return _cached;
             }
             _cached?.Dispose();
             _cached = null;
-            _cached = Build(request);
+            _cached = Build(request, plan);
             _cachedRequest = request;
             return _cached;
         }
     }
 
-    private InferenceModel Build(ModelRequest request)
+    private InferenceModel Build(ModelRequest request, KernelPlan plan)
     {
         ArchitectureInfo info = ModelCatalog.Find(request.Model);
         Backbone model;
@@ -59,9 +62,11 @@ public sealed class ModelProvider(FileStore store, TorchDevice device, ILogger<M
                 logger.LogInformation("Loaded {Count} tensors into {Model} from {Weights}", report.Loaded, request.Model, request.WeightsPath);
             }
         }
-        InferenceModel prepared = InferenceModel.Prepare(model, request.Precision, device.Device);
-        logger.LogInformation("Model {Model} ({Weights}) ready on {Device} in {Precision}{Folded}", request.Model, request.WeightsHash, device.Name,
-            request.Precision, prepared.Folded is null ? "" : ", batch norms folded");
+        InferenceModel prepared = InferenceModel.Prepare(model, request.Precision, device.Device, verifier, plan);
+        int rerouted = prepared.Routes.Count(r => r.Value != ConvolutionPath.Native);
+        logger.LogInformation("Model {Model} ({Weights}) ready on {Device} in {Precision}{Folded}; {Configs} convolution configurations checked, {Rerouted} rerouted",
+            request.Model, request.WeightsHash, device.Name, request.Precision, prepared.Folded is null ? "" : ", batch norms folded",
+            prepared.Routes.Count, rerouted);
         return prepared;
     }
 

@@ -40,6 +40,11 @@ public static class WorkerProgram
 
     public static async Task<int> RunAsync(string[] args)
     {
+        if (args.Length > 0 && args[0] == Kernels.KernelProbeProgram.Command)
+        {
+            // The kernel check's child process (KernelVerifier): no host, no bus, only probes.
+            return Kernels.KernelProbeProgram.Run(args[1..]);
+        }
         if (args.Any(a => a is "-h" or "--help"))
         {
             Console.WriteLine(Usage);

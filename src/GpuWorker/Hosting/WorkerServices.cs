@@ -1,5 +1,6 @@
 using Cluster.GpuWorker.Devices;
 using Cluster.GpuWorker.Extraction;
+using Cluster.GpuWorker.Kernels;
 using Cluster.Storage.Files;
 using Cluster.Hosting;
 using MassTransit;
@@ -25,6 +26,9 @@ public static class WorkerServices
         services.AddSingleton(LaneLayout.For(device, options.ForwardLanes, options.TorchThreads));
         services.AddSingleton(sp => new ForwardLanes(sp.GetRequiredService<LaneLayout>()));
         services.AddSingleton(sp => new FileStore(sp.GetRequiredService<ClusterRuntimeSettings>().StorageRoot));
+        services.AddSingleton(sp => new KernelVerifier(
+            new KernelVerifierOptions { CacheDirectory = string.IsNullOrWhiteSpace(options.KernelCache) ? KernelVerifierOptions.DefaultCacheDirectory : options.KernelCache },
+            sp.GetRequiredService<ILogger<KernelVerifier>>()));
         services.AddSingleton<ModelProvider>();
         services.AddSingleton<DatasetManifestCache>();
         services.AddSingleton<FeatureExtractor>();

@@ -1,3 +1,4 @@
+using Cluster.GpuWorker.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -36,8 +37,9 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
         IReadOnlyList<BackboneStep> steps,
         IReadOnlyDictionary<string, string> aliases,
         bool includeTop,
+        ConvolutionRouter router,
         Func<Tensor, int, Tensor> graphTo)
-        : this(name, children, steps, aliases, includeTop)
+        : this(name, children, steps, aliases, includeTop, router)
     {
         _graphTo = graphTo;
     }
@@ -47,9 +49,11 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
         IEnumerable<(string Name, nn.Module Module)> children,
         IReadOnlyList<BackboneStep> steps,
         IReadOnlyDictionary<string, string> aliases,
-        bool includeTop)
+        bool includeTop,
+        ConvolutionRouter router)
         : base(name)
     {
+        Router = router;
         foreach ((string childName, nn.Module module) in children)
         {
             register_module(childName, module);
@@ -59,6 +63,12 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
         _aliases = new Dictionary<string, string>(aliases, StringComparer.Ordinal);
         IncludeTop = includeTop;
     }
+
+    /// <summary>
+    /// Through which every convolution of this backbone computes (its modules' and an imported graph's): unchecked
+    /// libtorch kernels until <see cref="InferenceModel.Prepare"/> installs verified routes.
+    /// </summary>
+    public ConvolutionRouter Router { get; }
 
     /// <summary>False when built without its classifier (Keras' include_top=False): it ends at the global pool.</summary>
     public bool IncludeTop { get; }
@@ -76,6 +86,21 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
     /// <summary>Runs the steps up to and including <paramref name="tap"/>.</summary>
     public Tensor ForwardTo(Tensor input, string tap) =>
         _graphTo is null ? Run(input, 0, ResolveTap(tap) + 1) : _graphTo(input, ResolveTap(tap));
+
+    /// <summary>
+    /// The activations at several taps from one pass (each a copy the caller owns, keyed by the name asked for):
+    /// a chain runs once up to the deepest tap; an imported graph runs once per tap.
+    /// </summary>
+    public Dictionary<string, Tensor> ForwardTaps(Tensor input, IReadOnlyCollection<string> taps)
+    {
+        ArgumentNullException.ThrowIfNull(taps);
+        var indices = taps.Distinct().ToDictionary(t => t, ResolveTap);
+        if (_graphTo is not null)
+        {
+            return indices.ToDictionary(t => t.Key, t => _graphTo(input, t.Value));
+        }
+        return RunChainTaps(input, _steps.Select(s => (s.Name, s.Run)).ToList(), indices);
+    }
 
     /// <summary>Runs the steps after <paramref name="tap"/> on that tap's activations.</summary>
     /// <remarks> The first step may be an in-place ReLU (torchvision's VGG and AlexNet use them): it runs on a copy, so
@@ -117,7 +142,8 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
 
     /// <summary>
     /// Runs one zero image of <paramref name="inputSize"/> through every step (eval mode, no gradients) and
-    /// returns each step's output shape per image, e.g. [512, 7, 7].
+    /// returns each step's output shape per image, e.g. [512, 7, 7]. Convolutions are traced, not computed: shapes
+    /// never depend on a kernel nobody has checked.
     /// </summary>
     public IReadOnlyList<(BackboneStep Step, long[] Shape)> TraceShapes(int inputSize)
     {
@@ -127,6 +153,7 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
         {
             using var scope = NewDisposeScope();
             using var noGrad = no_grad();
+            using ConvolutionTrace trace = Router.BeginTrace();
             var shapes = new List<(BackboneStep, long[])>(_steps.Count);
             Tensor image = zeros(1, 3, inputSize, inputSize);
             Tensor x = image;
@@ -141,6 +168,48 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
         {
             train(wasTraining);
         }
+    }
+
+    /// <summary>
+    /// Runs <paramref name="steps"/> up to the deepest of <paramref name="taps"/> (tap → step index), copying the
+    /// activations at each tap as it passes: the step after may work in place (VGG's ReLUs).
+    /// </summary>
+    internal static Dictionary<string, Tensor> RunChainTaps(Tensor input, IReadOnlyList<(string Name, Func<Tensor, Tensor> Run)> steps, IReadOnlyDictionary<string, int> taps)
+    {
+        var results = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        if (taps.Count == 0)
+        {
+            return results;
+        }
+        int last = taps.Values.Max();
+        Tensor x = input;
+        try
+        {
+            for (int i = 0; i <= last; i++)
+            {
+                Tensor next = steps[i].Run(x);
+                if (!ReferenceEquals(x, input) && !ReferenceEquals(x, next))
+                {
+                    x.Dispose();
+                }
+                x = next;
+                foreach ((string tap, int index) in taps)
+                {
+                    if (index == i)
+                    {
+                        results[tap] = x.clone();
+                    }
+                }
+            }
+        }
+        finally
+        {
+            if (!ReferenceEquals(x, input))
+            {
+                x.Dispose();
+            }
+        }
+        return results;
     }
 
     private Tensor Run(Tensor input, int from, int to) => RunChain(input, _steps.Skip(from).Take(to - from).Select(s => s.Run));

@@ -1,3 +1,4 @@
+using Cluster.GpuWorker.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -47,8 +48,10 @@ public sealed class FoldedResNet : IDisposable
         try
         {
             using var noGrad = no_grad();
+            ConvolutionRouter router = model.Router;
             (Tensor w, Tensor b) stem = folded.Fold(state, "conv1", "bn1", type, device, channelsLast);
-            folded.Add("bn1", x => nn.functional.conv2d(x, stem.w, stem.b, strides: [2, 2], padding: [3, 3]));
+            ConvolutionGeometry stemGeometry = GeometryOf(stem.w, 2, 3);
+            folded.Add("bn1", x => router.Conv2d(x, stem.w, stem.b, stemGeometry));
             folded.Add("relu", RectifyInPlace);
             folded.Add("maxpool", MaxPool);
             for (int stage = 1; stage <= 4; stage++)
@@ -60,17 +63,20 @@ public sealed class FoldedResNet : IDisposable
                     // (conv1 of a basic block, conv2 of a bottleneck) and in its 1×1 downsampling shortcut.
                     long stride = stage > 1 && block == 0 ? 2 : 1;
                     bool bottleneck = state.ContainsKey($"{prefix}.conv3.weight");
-                    var convs = new List<(Tensor W, Tensor B, long Stride, long Padding)>();
+                    var convs = new List<FoldedConvolution>();
                     for (int i = 1; i <= (bottleneck ? 3 : 2); i++)
                     {
                         (Tensor w, Tensor b) = folded.Fold(state, $"{prefix}.conv{i}", $"{prefix}.bn{i}", type, device, channelsLast);
                         bool strided = bottleneck ? i == 2 : i == 1;
-                        convs.Add((w, b, strided ? stride : 1, w.shape[2] / 2));
+                        convs.Add(new FoldedConvolution(w, b, GeometryOf(w, strided ? stride : 1, w.shape[2] / 2)));
                     }
-                    (Tensor W, Tensor B)? shortcut = state.ContainsKey($"{prefix}.downsample.0.weight")
-                        ? folded.Fold(state, $"{prefix}.downsample.0", $"{prefix}.downsample.1", type, device, channelsLast)
-                        : null;
-                    folded.Add(prefix, x => Block(x, convs, shortcut, stride));
+                    FoldedConvolution? shortcut = null;
+                    if (state.ContainsKey($"{prefix}.downsample.0.weight"))
+                    {
+                        (Tensor w, Tensor b) = folded.Fold(state, $"{prefix}.downsample.0", $"{prefix}.downsample.1", type, device, channelsLast);
+                        shortcut = new FoldedConvolution(w, b, GeometryOf(w, stride, 0));
+                    }
+                    folded.Add(prefix, x => Block(router, x, convs, shortcut));
                 }
             }
             folded.Add("avgpool", x =>
@@ -87,6 +93,9 @@ public sealed class FoldedResNet : IDisposable
         }
     }
 
+    /// <summary>The last step it covers (the global pool).</summary>
+    public string LastStep => _steps[^1].Tap;
+
     /// <summary>Whether <see cref="ForwardTo"/> runs to this step (a step name, not an alias).</summary>
     public bool Covers(string step) => _index.ContainsKey(step);
 
@@ -96,6 +105,11 @@ public sealed class FoldedResNet : IDisposable
         int last = _index.TryGetValue(step, out int i) ? i : throw new ArgumentException($"the folded ResNet does not cover step '{step}'", nameof(step));
         return Backbone.RunChain(input, _steps.Take(last + 1).Select(s => s.Run));
     }
+
+    /// <summary>The activations at several covered steps from one pass (copies the caller owns).</summary>
+    public Dictionary<string, Tensor> ForwardTaps(Tensor input, IReadOnlyCollection<string> steps) =>
+        Backbone.RunChainTaps(input, _steps.Select(s => (s.Tap, s.Run)).ToList(), steps.Distinct().ToDictionary(
+            s => s, s => _index.TryGetValue(s, out int i) ? i : throw new ArgumentException($"the folded ResNet does not cover step '{s}'", nameof(steps))));
 
     private static Tensor MaxPool(Tensor x) => nn.functional.max_pool2d(x, kernel_size: 3, stride: 2, padding: 1);
 
@@ -120,13 +134,19 @@ public sealed class FoldedResNet : IDisposable
         _weights.Clear();
     }
 
-    private static Tensor Block(Tensor x, List<(Tensor W, Tensor B, long Stride, long Padding)> convs, (Tensor W, Tensor B)? shortcut, long stride)
+    /// <summary>A convolution with its batch norm folded in: weight, bias (never null after folding) and geometry.</summary>
+    private sealed record FoldedConvolution(Tensor Weight, Tensor Bias, ConvolutionGeometry Geometry);
+
+    private static ConvolutionGeometry GeometryOf(Tensor weight, long stride, long padding) =>
+        new(weight.shape[1], weight.shape[0], weight.shape[2], weight.shape[3], stride, stride, padding, padding, 1, 1, 1, HasBias: true);
+
+    private static Tensor Block(ConvolutionRouter router, Tensor x, List<FoldedConvolution> convs, FoldedConvolution? shortcut)
     {
         Tensor y = x;
         for (int i = 0; i < convs.Count; i++)
         {
-            (Tensor w, Tensor b, long s, long p) = convs[i];
-            Tensor next = nn.functional.conv2d(y, w, b, strides: [s, s], padding: [p, p]);
+            FoldedConvolution conv = convs[i];
+            Tensor next = router.Conv2d(y, conv.Weight, conv.Bias, conv.Geometry);
             if (!ReferenceEquals(y, x))
             {
                 y.Dispose();
@@ -137,9 +157,9 @@ public sealed class FoldedResNet : IDisposable
                 RectifyInPlace(y);
             }
         }
-        if (shortcut is (Tensor sw, Tensor sb))
+        if (shortcut is not null)
         {
-            using Tensor identity = nn.functional.conv2d(x, sw, sb, strides: [stride, stride]);
+            using Tensor identity = router.Conv2d(x, shortcut.Weight, shortcut.Bias, shortcut.Geometry);
             y.add_(identity);
         }
         else

@@ -1,23 +1,85 @@
+using Cluster.GpuWorker.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Cluster.GpuWorker.Models;
 
 /// <summary>
+/// What the convolutions of a prepared model will be checked for: its input size, the batch sizes it will run (a
+/// shard's full batches and its last, shorter one), the libtorch threads of the lane that runs it, and how far it runs.
+/// </summary>
+/// <param name="Tap">The tap the model will run to (null: the whole network); only the convolutions on the way are checked now.</param>
+public sealed record KernelPlan(int InputSize, IReadOnlyCollection<long> BatchSizes, int Threads, string? Tap = null)
+{
+    /// <summary>Full batches of <paramref name="batchSize"/> and, when <paramref name="rows"/> leaves one, the shorter last batch.</summary>
+    public static IReadOnlyCollection<long> BatchSizesFor(long rows, long batchSize) =>
+        rows % batchSize == 0 || rows < batchSize ? [Math.Min(rows, batchSize)] : [batchSize, rows % batchSize];
+}
+
+/// <summary>
 /// A backbone prepared to compute features: eval mode, weights on the device in the compute precision (bf16 with
-/// channels-last strides), and for ResNets the batch norms folded into the convolutions (<see cref="FoldedResNet"/>).
-/// Extraction and `coordinator models bench` run the same thing. Owns the backbone.
+/// channels-last strides), for ResNets the batch norms folded into the convolutions (<see cref="FoldedResNet"/>), and
+/// every convolution configuration it will run checked against a float64 reference before it is trusted
+/// (<see cref="KernelVerifier"/>): a configuration whose libtorch kernel is wrong or crashes on this CPU runs a
+/// verified path instead. Extraction, prediction and `coordinator models bench` run the same thing. Owns the backbone.
 /// </summary>
 public sealed class InferenceModel : IDisposable
 {
-    private InferenceModel(Backbone backbone, FoldedResNet? folded, ScalarType computeType, bool channelsLast)
+    private readonly KernelVerifier _verifier;
+    private readonly ConvolutionRoutes _routes;
+    private readonly Dictionary<(int InputSize, string Step), IReadOnlyList<ConvolutionSite>> _sites = [];
+
+    private InferenceModel(Backbone backbone, FoldedResNet? folded, ScalarType computeType, bool channelsLast, KernelVerifier verifier)
     {
         Backbone = backbone;
         Folded = folded;
         ComputeType = computeType;
         IsChannelsLast = channelsLast;
+        _verifier = verifier;
+        _routes = new ConvolutionRoutes(config => _verifier.Resolve([config])[config]);
     }
 
+    /// <summary>Where the prepared model convolves on the way to the taps checked so far, whatever the batch size.</summary>
+    public IReadOnlyList<ConvolutionSite> ConvolutionSites
+    {
+        get
+        {
+            lock (_sites)
+            {
+                return _sites.Values.SelectMany(s => s).Distinct().ToList();
+            }
+        }
+    }
+
+    /// <summary>The verified path of every configuration checked so far.</summary>
+    public IReadOnlyDictionary<ConvolutionConfig, ConvolutionPath> Routes => _routes.Paths;
+
+    /// <summary>
+    /// Checks, now, every convolution <paramref name="plan"/> will run (its tap, batch sizes and threads), rather than
+    /// when each first runs; what was checked before costs nothing.
+    /// </summary>
+    public void EnsureVerified(KernelPlan plan)
+    {
+        ArgumentNullException.ThrowIfNull(plan);
+        string step = Backbone.Steps[plan.Tap is null ? Backbone.Steps.Count - 1 : Backbone.ResolveTap(plan.Tap)].Name;
+        IReadOnlyList<ConvolutionSite> sites;
+        lock (_sites)
+        {
+            if (!_sites.TryGetValue((plan.InputSize, step), out sites!))
+            {
+                sites = TraceConvolutions(plan.InputSize, step);
+                _sites[(plan.InputSize, step)] = sites;
+            }
+        }
+        List<ConvolutionConfig> configs = plan.BatchSizes.Distinct()
+            .SelectMany(n => sites.Select(site => site.At(n, plan.Threads, KernelPass.Forward)))
+            .Where(c => !_routes.Paths.ContainsKey(c))
+            .ToList();
+        if (configs.Count > 0)
+        {
+            _routes.Add(_verifier.Resolve(configs));
+        }
+    }
     public Backbone Backbone { get; }
 
     /// <summary>The folded forward pass, or null where the architecture has none (then the backbone runs as built).</summary>
@@ -30,28 +92,45 @@ public sealed class InferenceModel : IDisposable
 
     /// <summary>
     /// Prepares <paramref name="backbone"/> (float32, weights loaded) for <paramref name="precision"/> ("fp32" or
-    /// "bf16") on <paramref name="device"/>; <paramref name="fold"/> false keeps the batch norms as they are.
+    /// "bf16") on <paramref name="device"/>, its convolutions checked by <paramref name="verifier"/> for
+    /// <paramref name="plan"/>; <paramref name="fold"/> false keeps the batch norms as they are. Takes ownership of the
+    /// backbone, and disposes it if preparation fails.
     /// </summary>
-    public static InferenceModel Prepare(Backbone backbone, string precision, Device device, bool fold = true)
+    public static InferenceModel Prepare(Backbone backbone, string precision, Device device, KernelVerifier verifier, KernelPlan plan, bool fold = true)
     {
         ArgumentNullException.ThrowIfNull(backbone);
+        ArgumentNullException.ThrowIfNull(verifier);
+        ArgumentNullException.ThrowIfNull(plan);
         ScalarType type = ComputeTypeOf(precision);
         // Channels-last on every CPU run (oneDNN's NHWC kernels: bf16 twice the rate, fp32 measured +10-17% on the
         // build machine, same float32 arithmetic in another order) and for bf16 on a GPU.
         bool channelsLast = type == ScalarType.BFloat16 || device.type == DeviceType.CPU;
-        backbone.eval();
-        // Folded from the float32 weights, before the backbone itself is converted.
-        FoldedResNet? folded = fold ? FoldedResNet.TryCreate(backbone, type, device, channelsLast) : null;
-        backbone.to(device);
-        if (type != ScalarType.Float32)
+        FoldedResNet? folded = null;
+        try
         {
-            backbone.to(type);
+            backbone.eval();
+            // Folded from the float32 weights, before the backbone itself is converted.
+            folded = fold ? FoldedResNet.TryCreate(backbone, type, device, channelsLast) : null;
+            backbone.to(device);
+            if (type != ScalarType.Float32)
+            {
+                backbone.to(type);
+            }
+            if (channelsLast)
+            {
+                ToChannelsLast(backbone);
+            }
+            var model = new InferenceModel(backbone, folded, type, channelsLast, verifier);
+            model.EnsureVerified(plan);
+            backbone.Router.Use(model._routes);
+            return model;
         }
-        if (channelsLast)
+        catch
         {
-            ToChannelsLast(backbone);
+            folded?.Dispose();
+            backbone.Dispose();
+            throw;
         }
-        return new InferenceModel(backbone, folded, type, channelsLast);
     }
 
     public static ScalarType ComputeTypeOf(string precision) => precision switch
@@ -81,6 +160,36 @@ public sealed class InferenceModel : IDisposable
     }
 
     /// <summary>
+    /// The activations at several taps (step names or aliases, keyed as asked), folded where the fold covers them, in
+    /// one pass per path; each is a copy the caller owns.
+    /// </summary>
+    public Dictionary<string, Tensor> ForwardTaps(Tensor input, IReadOnlyCollection<string> taps)
+    {
+        ArgumentNullException.ThrowIfNull(taps);
+        var steps = taps.Distinct().ToDictionary(t => t, t => Backbone.Steps[Backbone.ResolveTap(t)].Name);
+        var folded = steps.Where(t => Folded is not null && Folded.Covers(t.Value)).ToList();
+        var results = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        if (folded.Count > 0)
+        {
+            Dictionary<string, Tensor> byStep = Folded!.ForwardTaps(input, folded.Select(t => t.Value).Distinct().ToList());
+            foreach ((string tap, string step) in folded)
+            {
+                results[tap] = byStep[step].alias();
+            }
+            foreach (Tensor t in byStep.Values)
+            {
+                t.Dispose();
+            }
+        }
+        List<string> rest = steps.Keys.Where(t => !results.ContainsKey(t)).ToList();
+        foreach ((string tap, Tensor value) in Backbone.ForwardTaps(input, rest))
+        {
+            results[tap] = value;
+        }
+        return results;
+    }
+
+    /// <summary>
     /// Gives every 4-D weight channels-last strides (NHWC in memory, NCHW in shape). TorchSharp has no
     /// memory_format API; with both weights and inputs in this layout oneDNN takes its NHWC path, which on
     /// CPUs with AMX/AVX-512 doubles the bf16 convolution rate (ENVIRONMENT.md).
@@ -99,7 +208,23 @@ public sealed class InferenceModel : IDisposable
     }
 
     /// <summary>A copy of a 4-D tensor (a batch or a convolution's weights) with channels-last strides.</summary>
-    public static Tensor ChannelsLast(Tensor batch) => batch.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2);
+    public static Tensor ChannelsLast(Tensor batch) => TensorLayouts.ToChannelsLast(batch);
+
+    /// <summary>
+    /// The convolution sites on the way to <paramref name="step"/>, from one zero image through exactly what
+    /// <see cref="ForwardTo"/> runs (folded or not), with the convolutions traced rather than computed: no kernel runs
+    /// before it is checked.
+    /// </summary>
+    private IReadOnlyList<ConvolutionSite> TraceConvolutions(int inputSize, string step)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        Device device = Backbone.parameters().FirstOrDefault()?.device ?? CPU;
+        using ConvolutionTrace trace = Backbone.Router.BeginTrace();
+        Tensor image = PrepareInput(zeros(1, 3, inputSize, inputSize, device: device));
+        ForwardTo(image, step);
+        return trace.Sites;
+    }
 
     public void Dispose()
     {

@@ -1,3 +1,4 @@
+using Cluster.GpuWorker.Kernels;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -82,6 +83,8 @@ public static class ModelCatalog
     internal static Backbone ImportedBackbone(BuiltInModel builtIn, BackboneOptions options)
     {
         Onnx.OnnxGraphModule network = builtIn.Network;
+        var router = new ConvolutionRouter();
+        network.Router = router;
         // Parameters each tap adds: those of the graph's nodes it needs that earlier taps did not.
         var counted = new HashSet<string>(StringComparer.Ordinal);
         var parameters = network.named_parameters().ToDictionary(p => p.name, p => p.parameter.numel(), StringComparer.Ordinal);
@@ -123,7 +126,7 @@ public static class ModelCatalog
                 }
             }
         }
-        return new Backbone(builtIn.Name, children, steps, new Dictionary<string, string>(), includeTop: head is not null, GraphTo);
+        return new Backbone(builtIn.Name, children, steps, new Dictionary<string, string>(), includeTop: head is not null, router, GraphTo);
     }
 
     private static IEnumerable<string> InitializersNeededFor(Onnx.OnnxGraphModule network, string value)
@@ -179,6 +182,7 @@ public static class ModelCatalog
 
     internal static Backbone ResNetBackbone(string name, ResNet model, int[] blocks, bool includeTop)
     {
+        ConvolutionRouter router = Routed(model);
         var steps = new List<BackboneStep>
         {
             new("conv1", Child(model, "conv1"), Call(Child(model, "conv1"))),
@@ -216,11 +220,12 @@ public static class ModelCatalog
         {
             children.RemoveAll(c => c.name == "fc");
         }
-        return new Backbone(name, children, steps, aliases, includeTop);
+        return new Backbone(name, children, steps, aliases, includeTop, router);
     }
 
     internal static Backbone VggBackbone(string name, VGG model, BackboneOptions options)
     {
+        ConvolutionRouter router = Routed(model);
         nn.Module features = Child(model, "features");
         var steps = new List<BackboneStep>(Expand("features", features));
         var aliases = new Dictionary<string, string>();
@@ -231,7 +236,7 @@ public static class ModelCatalog
         {
             switch (module)
             {
-                case Conv2d:
+                case RoutedConv2d:
                     conv++;
                     break;
                 case ReLU:
@@ -245,11 +250,12 @@ public static class ModelCatalog
             }
         }
         AddClassifierSteps(model, steps, aliases, options, new() { ["fc1"] = 1, ["fc2"] = 4, ["predictions"] = 6 });
-        return new Backbone(name, ChildrenFor(model, options), steps, aliases, options.IncludeTop);
+        return new Backbone(name, ChildrenFor(model, options), steps, aliases, options.IncludeTop, router);
     }
 
     internal static Backbone AlexNetBackbone(AlexNet model, BackboneOptions options)
     {
+        ConvolutionRouter router = Routed(model);
         nn.Module features = Child(model, "features");
         var steps = new List<BackboneStep>(Expand("features", features));
         var aliases = new Dictionary<string, string>
@@ -258,7 +264,7 @@ public static class ModelCatalog
             ["conv3"] = "features.7", ["conv4"] = "features.9", ["conv5"] = "features.11", ["pool5"] = "features.12",
         };
         AddClassifierSteps(model, steps, aliases, options, new() { ["fc6"] = 2, ["fc7"] = 5, ["fc8"] = 6 });
-        return new Backbone("alexnet", ChildrenFor(model, options), steps, aliases, options.IncludeTop);
+        return new Backbone("alexnet", ChildrenFor(model, options), steps, aliases, options.IncludeTop, router);
     }
 
     /// <summary>avgpool, flatten and (with the top) the classifier's steps, for VGG and AlexNet.</summary>
@@ -299,6 +305,7 @@ public static class ModelCatalog
 
     internal static Backbone InceptionBackbone(InceptionV3 model, bool includeTop)
     {
+        ConvolutionRouter router = Routed(model);
         string[] mixed = ["Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"];
         var steps = new List<BackboneStep>();
         foreach (string child in new[] { "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3", "maxpool2" }.Concat(mixed))
@@ -326,11 +333,12 @@ public static class ModelCatalog
         }
         // AuxLogits stays registered with the top (its weights are in torchvision checkpoints) but never runs:
         // it only feeds an auxiliary loss in training, which this cluster does not use.
-        return new Backbone("inception_v3", children, steps, aliases, includeTop);
+        return new Backbone("inception_v3", children, steps, aliases, includeTop, router);
     }
 
     internal static Backbone MobileNetBackbone(string name, nn.Module model, bool includeTop, int? numClasses)
     {
+        ConvolutionRouter router = Routed(model);
         nn.Module features = Child(model, "features");
         var steps = new List<BackboneStep>(Expand("features", features));
         var children = model.named_children().Select(c => (c.name, c.module)).ToList();
@@ -354,6 +362,14 @@ public static class ModelCatalog
         {
             children.RemoveAt(index);
         }
-        return new Backbone(name, children, steps, aliases, includeTop);
+        return new Backbone(name, children, steps, aliases, includeTop, router);
+    }
+
+    /// <summary>Every convolution of <paramref name="model"/> routed through one new router (before its steps are taken).</summary>
+    private static ConvolutionRouter Routed(nn.Module model)
+    {
+        var router = new ConvolutionRouter();
+        ConvolutionRerouting.Install(model, router);
+        return router;
     }
 }

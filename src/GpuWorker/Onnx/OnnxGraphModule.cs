@@ -74,6 +74,9 @@ public sealed class OnnxGraphModule : nn.Module<Tensor, Tensor>
     /// <summary>The file the graph came from.</summary>
     public string SourcePath { get; }
 
+    /// <summary>Through which the graph's Conv nodes compute (see <see cref="Kernels.ConvolutionRouter"/>); a backbone sets its own.</summary>
+    public Kernels.ConvolutionRouter Router { get; set; } = new();
+
     /// <summary>The ai.onnx opset the file declares.</summary>
     public int OpsetVersion { get; }
 
@@ -181,7 +184,7 @@ public sealed class OnnxGraphModule : nn.Module<Tensor, Tensor>
         string file = Path.GetFileName(SourcePath);
         try
         {
-            return _kernels[index](new OnnxOperatorContext(node, inputs, OpsetVersion, training, file));
+            return _kernels[index](new OnnxOperatorContext(node, inputs, OpsetVersion, training, file, Router));
         }
         catch (Exception e) when (e is not InvalidOperationException and not OperationCanceledException)
         {

@@ -6,8 +6,9 @@ namespace Cluster.GpuWorker.Onnx;
 /// <summary>What one operator kernel sees when it runs: its node, its input tensors, the opset and the module's mode.</summary>
 internal sealed class OnnxOperatorContext
 {
-    public OnnxOperatorContext(OnnxNode node, Tensor?[] inputs, int opset, bool training, string file)
+    public OnnxOperatorContext(OnnxNode node, Tensor?[] inputs, int opset, bool training, string file, Kernels.ConvolutionRouter router)
     {
+        Router = router;
         Node = node;
         Inputs = inputs;
         Opset = opset;
@@ -24,6 +25,9 @@ internal sealed class OnnxOperatorContext
     public int Opset { get; }
 
     public bool Training { get; }
+
+    /// <summary>The graph's convolution router: Conv nodes compute through it, never through conv2d directly.</summary>
+    public Kernels.ConvolutionRouter Router { get; }
 
     public string File { get; }
 

@@ -1,3 +1,4 @@
+using Cluster.GpuWorker.Kernels;
 using TorchSharp;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
@@ -103,13 +104,13 @@ internal static partial class OnnxOperators
             // A 1-D convolution is a 2-D one over a height of 1.
             using Tensor x2 = x.unsqueeze(2);
             using Tensor w2 = weight.unsqueeze(2);
-            using Tensor y2 = Conv2d(x2, w2, bias, [1, strides[0]], [1, dilations[0]], [0, begin[0]], [0, end[0]], group);
+            using Tensor y2 = Conv2d(c.Router, x2, w2, bias, [1, strides[0]], [1, dilations[0]], [0, begin[0]], [0, end[0]], group);
             return [y2.squeeze(2)];
         }
-        return [Conv2d(x, weight, bias, strides, dilations, begin, end, group)];
+        return [Conv2d(c.Router, x, weight, bias, strides, dilations, begin, end, group)];
     }
 
-    private static Tensor Conv2d(Tensor x, Tensor weight, Tensor? bias, long[] strides, long[] dilations,
+    private static Tensor Conv2d(ConvolutionRouter router, Tensor x, Tensor weight, Tensor? bias, long[] strides, long[] dilations,
         long[] begin, long[] end, long group)
     {
         long[] kernel = weight.shape[2..];
@@ -120,12 +121,16 @@ internal static partial class OnnxOperators
             // Padding every side by `begin` places each window exactly where ONNX places it; the surplus end padding
             // can only add windows past the ONNX output, which are cut off. No copy of the input is made, which is
             // what keeps ResNet18.onnx's conv1 ([3,3,2,2]) and its stride-2 3x3 convs ([1,1,0,0]) cheap.
-            Tensor y = F.conv2d(x, weight, bias, strides, begin, dilations, group);
+            Tensor y = router.Conv2d(x, weight, bias, Geometry(weight, bias, strides, begin, dilations, group));
             return NarrowSpatial(y, outputSize);
         }
         using Tensor padded = F.pad(x, TorchPads(begin, end));
-        return F.conv2d(padded, weight, bias, strides, [0, 0], dilations, group);
+        return router.Conv2d(padded, weight, bias, Geometry(weight, bias, strides, [0, 0], dilations, group));
     }
+
+    private static ConvolutionGeometry Geometry(Tensor weight, Tensor? bias, long[] strides, long[] pads, long[] dilations, long group) =>
+        new(weight.shape[1] * group, weight.shape[0], weight.shape[2], weight.shape[3], strides[0], strides[1], pads[0], pads[1],
+            dilations[0], dilations[1], group, bias is not null);
 
     private static Tensor[] MaxPool(OnnxOperatorContext c) => Pool(c, isMax: true);
 

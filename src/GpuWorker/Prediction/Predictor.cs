@@ -1,5 +1,6 @@
 using System.Text.Json;
 using Cluster.GpuWorker.Images;
+using Cluster.GpuWorker.Kernels;
 using Cluster.GpuWorker.Models;
 using Cluster.GpuWorker.Weights;
 using Cluster.Storage.Datasets;
@@ -24,15 +25,17 @@ public sealed class Predictor : IDisposable
     public const string ArchitectureKey = "architecture";
     public const string ClassNamesKey = "class_names";
 
-    private readonly Backbone _model;
+    private readonly InferenceModel _model;
+    private readonly string _output;
     private readonly ImageDecoder _decoder = new();
 
-    private Predictor(ArchitectureInfo architecture, Backbone model, IReadOnlyList<string> classNames)
+    /// <summary>Prepares <paramref name="model"/> as a worker prepares its models: float32, channels-last, checked kernels.</summary>
+    private Predictor(ArchitectureInfo architecture, Backbone model, IReadOnlyList<string> classNames, KernelVerifier verifier)
     {
         Architecture = architecture;
-        _model = model;
         ClassNames = classNames;
-        _model.eval();
+        _output = model.Steps[^1].Name;
+        _model = InferenceModel.Prepare(model, "fp32", CPU, verifier, new KernelPlan(architecture.InputSize, [1], get_num_threads(), _output));
     }
 
     public ArchitectureInfo Architecture { get; }
@@ -40,7 +43,7 @@ public sealed class Predictor : IDisposable
     public IReadOnlyList<string> ClassNames { get; }
 
     /// <summary>An architecture with its own classifier; ImageNet names for 1000 outputs. Null weights: random (a warning case for the caller).</summary>
-    public static Predictor FromArchitecture(string architecture, string? weightsFile)
+    public static Predictor FromArchitecture(string architecture, string? weightsFile, KernelVerifier verifier)
     {
         ArchitectureInfo info = ModelCatalog.Find(architecture);
         Backbone model = info.Build();
@@ -59,11 +62,11 @@ public sealed class Predictor : IDisposable
         IReadOnlyList<string> names = outputs == ImageNetClasses.Names.Count
             ? ImageNetClasses.Names
             : Enumerable.Range(0, outputs).Select(i => $"class {i}").ToList();
-        return new Predictor(info, model, names);
+        return new Predictor(info, model, names, verifier);
     }
 
     /// <summary>A checkpoint written by this project: architecture and class names from its metadata.</summary>
-    public static Predictor FromCheckpoint(string checkpointFile)
+    public static Predictor FromCheckpoint(string checkpointFile, KernelVerifier verifier)
     {
         using StateDict weights = StateDictFile.Load(checkpointFile);
         IReadOnlyDictionary<string, string> metadata = weights.Metadata;
@@ -76,7 +79,7 @@ public sealed class Predictor : IDisposable
         ArchitectureInfo info = ModelCatalog.Find(architecture);
         Backbone model = info.Build(new BackboneOptions(NumClasses: names.Length));
         WeightsLoader.Apply(model, weights, strict: true);
-        return new Predictor(info, model, names);
+        return new Predictor(info, model, names, verifier);
     }
 
     /// <summary>Writes a checkpoint `FromCheckpoint` reads back: the weights, the architecture and the class names.</summary>
@@ -93,12 +96,16 @@ public sealed class Predictor : IDisposable
         int length = ImageDecoder.ImageLength(preprocessing);
         int side = preprocessing.InputSize;
         var results = new ImagePrediction[images.Count];
-        var buffer = new float[batchSize * length];
+        // Every batch runs at one size, the one checked, padded with zero images where the images run out or some were
+        // skipped (each image's prediction is its own): a few wasted rows instead of a kernel check per batch size.
+        int rows = Math.Max(1, Math.Min(batchSize, images.Count));
+        _model.EnsureVerified(new KernelPlan(side, [rows], get_num_threads(), _output));
+        var buffer = new float[rows * length];
         var batch = new List<int>(batchSize);
-        for (int start = 0; start < images.Count; start += batchSize)
+        for (int start = 0; start < images.Count; start += rows)
         {
             batch.Clear();
-            for (int i = start; i < Math.Min(images.Count, start + batchSize); i++)
+            for (int i = start; i < Math.Min(images.Count, start + rows); i++)
             {
                 ImageDecodeResult decoded = _decoder.Decode(images[i], preprocessing, buffer.AsSpan(batch.Count * length, length));
                 if (decoded.IsOk)
@@ -114,10 +121,11 @@ public sealed class Predictor : IDisposable
             {
                 continue;
             }
+            buffer.AsSpan(batch.Count * length).Clear();
             using var scope = NewDisposeScope();
             using var noGrad = no_grad();
-            Tensor input = ImageBatch.View(buffer, batch.Count, side);
-            Tensor probabilities = nn.functional.softmax(_model.forward(input), 1);
+            Tensor input = ImageBatch.View(buffer, rows, side);
+            Tensor probabilities = nn.functional.softmax(_model.ForwardTo(_model.PrepareInput(input), _output), 1);
             int k = Math.Min(top, ClassNames.Count);
             var (values, indices) = probabilities.topk(k, dim: 1);
             float[] p = values.data<float>().ToArray();

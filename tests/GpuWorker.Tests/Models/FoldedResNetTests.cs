@@ -1,5 +1,6 @@
 using Cluster.GpuWorker.Devices;
 using Cluster.GpuWorker.Models;
+using Cluster.GpuWorker.Tests.Kernels;
 using Shouldly;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -20,7 +21,7 @@ public sealed class FoldedResNetTests
         string[] taps = ["bn1", "relu", "maxpool", "layer1.0", "layer2", "conv4_block1_out", "layer4", "avgpool"];
         Dictionary<string, Tensor> expected = taps.ToDictionary(t => t, t => Eager(reference, image, t));
 
-        using InferenceModel folded = InferenceModel.Prepare(CopyOf(reference, architecture), "fp32", CPU);
+        using InferenceModel folded = TestKernels.Prepare(CopyOf(reference, architecture), "fp32", 64, batch: 2);
 
         folded.Folded.ShouldNotBeNull();
         foreach (string tap in taps)
@@ -43,7 +44,7 @@ public sealed class FoldedResNetTests
         using Tensor image = randn([4, 3, 64, 64], generator: new Generator(10));
         using Tensor expected = Eager(reference, image, "avgpool");
 
-        using InferenceModel folded = InferenceModel.Prepare(CopyOf(reference, "resnet18"), "bf16", CPU);
+        using InferenceModel folded = TestKernels.Prepare(CopyOf(reference, "resnet18"), "bf16", 64, batch: 4);
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         Tensor actual = folded.ForwardTo(folded.PrepareInput(image), "avgpool").to(ScalarType.Float32);
@@ -60,7 +61,7 @@ public sealed class FoldedResNetTests
         using Tensor image = randn([1, 3, 64, 64], generator: new Generator(11));
         using Tensor expectedConv1 = Eager(reference, image, "conv1");
         using Tensor expectedLogits = Eager(reference, image, "fc");
-        using InferenceModel resnet = InferenceModel.Prepare(CopyOf(reference, "resnet18"), "fp32", CPU);
+        using InferenceModel resnet = TestKernels.Prepare(CopyOf(reference, "resnet18"), "fp32", 64, batch: 1);
 
         using (var scope = NewDisposeScope())
         using (var noGrad = no_grad())
@@ -70,9 +71,9 @@ public sealed class FoldedResNetTests
             resnet.ForwardTo(image, "fc").allclose(expectedLogits, rtol: 1e-4, atol: 1e-5).ShouldBeTrue();
         }
 
-        using InferenceModel mobilenet = InferenceModel.Prepare(ModelCatalog.Find("mobilenet_v3_small").Build(), "fp32", CPU);
+        using InferenceModel mobilenet = TestKernels.Prepare(ModelCatalog.Find("mobilenet_v3_small").Build(), "fp32", 64, batch: 1);
         mobilenet.Folded.ShouldBeNull();
-        using InferenceModel unfolded = InferenceModel.Prepare(ModelCatalog.Find("resnet18").Build(), "fp32", CPU, fold: false);
+        using InferenceModel unfolded = TestKernels.Prepare(ModelCatalog.Find("resnet18").Build(), "fp32", 64, batch: 1, fold: false);
         unfolded.Folded.ShouldBeNull();
     }
 

@@ -1,6 +1,7 @@
 using Cluster.GpuWorker.Devices;
 using Cluster.GpuWorker.Models;
 using Cluster.GpuWorker.Prediction;
+using Cluster.GpuWorker.Tests.Kernels;
 using Cluster.GpuWorker.Weights;
 using Shouldly;
 using TorchSharp;
@@ -39,7 +40,7 @@ public sealed class PredictorTests : IDisposable
             Predictor.SaveCheckpoint(checkpoint, "mobilenet_v3_small", model, ["cat", "dog", "bird"]);
         }
 
-        using Predictor predictor = Predictor.FromCheckpoint(checkpoint);
+        using Predictor predictor = Predictor.FromCheckpoint(checkpoint, TestKernels.Verifier);
         IReadOnlyList<ImagePrediction> predictions = predictor.Predict(Photos, top: 3);
 
         predictions.Count.ShouldBe(Photos.Length);
@@ -62,7 +63,7 @@ public sealed class PredictorTests : IDisposable
             StateDictFile.SaveSafetensors(weights, model);
         }
 
-        using Predictor predictor = Predictor.FromArchitecture("resnet18", weights);
+        using Predictor predictor = Predictor.FromArchitecture("resnet18", weights, TestKernels.Verifier);
         ImagePrediction prediction = predictor.Predict([Photos[0]], top: 5).Single();
 
         prediction.Top.Count.ShouldBe(5);
@@ -76,7 +77,7 @@ public sealed class PredictorTests : IDisposable
     {
         string broken = Path.Combine(_folder, "broken.jpg");
         File.WriteAllText(broken, "not a picture");
-        using Predictor predictor = Predictor.FromArchitecture("mobilenet_v3_small", weightsFile: null);
+        using Predictor predictor = Predictor.FromArchitecture("mobilenet_v3_small", weightsFile: null, TestKernels.Verifier);
 
         IReadOnlyList<ImagePrediction> predictions = predictor.Predict([Photos[0], broken, Photos[1]], top: 2);
 
@@ -88,7 +89,7 @@ public sealed class PredictorTests : IDisposable
     [Fact]
     public void A_feature_extractor_without_a_classifier_is_refused_with_what_to_do_instead()
     {
-        var error = Should.Throw<ArgumentException>(() => Predictor.FromArchitecture("resnet18-imagenet", null));
+        var error = Should.Throw<ArgumentException>(() => Predictor.FromArchitecture("resnet18-imagenet", null, TestKernels.Verifier));
 
         error.Message.ShouldContain("has no classifier");
         error.Message.ShouldContain("coordinator extract");
@@ -103,7 +104,7 @@ public sealed class PredictorTests : IDisposable
             StateDictFile.SaveSafetensors(weights, model);
         }
 
-        var error = Should.Throw<WeightsFileException>(() => Predictor.FromCheckpoint(weights));
+        var error = Should.Throw<WeightsFileException>(() => Predictor.FromCheckpoint(weights, TestKernels.Verifier));
 
         error.Message.ShouldContain("class_names");
     }

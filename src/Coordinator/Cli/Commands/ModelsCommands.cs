@@ -1,6 +1,7 @@
 using System.ComponentModel;
 using System.Globalization;
 using Cluster.GpuWorker.Devices;
+using Cluster.GpuWorker.Kernels;
 using Cluster.GpuWorker.Models;
 using TorchSharp;
 using Spectre.Console;
@@ -167,15 +168,17 @@ public sealed class ModelsBenchCommand : Command<ModelsBenchSettings>
             throw new Cluster.Hosting.ClusterConfigurationException($"--precision '{settings.Precision}' is not one of: fp32, bf16.");
         }
         ArchitectureInfo info = ModelCatalog.Find(settings.Architecture);
-        // Prepared as a worker prepares it (InferenceModel: precision, layout, folded batch norms).
-        using InferenceModel model = InferenceModel.Prepare(info.Build(), settings.Precision, TorchSharp.torch.CPU, fold: !settings.NoFold);
-        string tap = settings.Layer ?? info.DefaultTap;
-        model.Backbone.ResolveTap(tap);
-        using TorchSharp.torch.Tensor random = TorchSharp.torch.randn(settings.BatchSize, 3, info.InputSize, info.InputSize);
-        using TorchSharp.torch.Tensor input = model.PrepareInput(random);
         // The lanes a CPU worker runs forward passes on (FeatureExtractor), each lane one batch at a time, with one
         // dispose scope per batch: every tensor a forward pass makes is freed when it ends.
         using var lanes = new ForwardLanes(LaneLayout.For(TorchDevice.Cpu, settings.Lanes, settings.Threads));
+        // Prepared as a worker prepares it (InferenceModel: precision, layout, folded batch norms, checked kernels).
+        CliContext cli = CliContext.Create(settings);
+        KernelVerifier verifier = cli.KernelVerifier();
+        string tap = settings.Layer ?? info.DefaultTap;
+        using InferenceModel model = InferenceModel.Prepare(info.Build(), settings.Precision, TorchSharp.torch.CPU, verifier,
+            new KernelPlan(info.InputSize, [settings.BatchSize], lanes.Layout.ThreadsPerLane, tap), fold: !settings.NoFold);
+        using TorchSharp.torch.Tensor random = TorchSharp.torch.randn(settings.BatchSize, 3, info.InputSize, info.InputSize);
+        using TorchSharp.torch.Tensor input = model.PrepareInput(random);
         void Forward()
         {
             using var scope = TorchSharp.torch.NewDisposeScope();
@@ -214,8 +217,21 @@ public sealed class ModelsBenchCommand : Command<ModelsBenchSettings>
             images,
             seconds = Math.Round(seconds, 3),
             imagesPerSecond = Math.Round(images / seconds, 2),
-        }, () => AnsiConsole.MarkupLineInterpolated(
-            $"{info.Name} to {tap}, {settings.Precision}, batch {settings.BatchSize}, {lanes.Layout}: {images / seconds:F1} images/s ({images} images in {seconds:F1} s)"));
+            kernels = new
+            {
+                cpu = verifier.Cpu.Description,
+                configurations = model.Routes.Count,
+                rerouted = model.Routes.Where(r => r.Value != ConvolutionPath.Native)
+                    .Select(r => new { config = r.Key.Key, path = r.Value.ToString().ToLowerInvariant() }).ToList(),
+            },
+        }, () =>
+        {
+            AnsiConsole.MarkupLineInterpolated(
+                $"{info.Name} to {tap}, {settings.Precision}, batch {settings.BatchSize}, {lanes.Layout}: {images / seconds:F1} images/s ({images} images in {seconds:F1} s)");
+            int rerouted = model.Routes.Count(r => r.Value != ConvolutionPath.Native);
+            AnsiConsole.MarkupLineInterpolated(
+                $"[grey]kernels: {model.Routes.Count} convolution configurations checked on {verifier.Cpu.Description}; {rerouted} rerouted[/]");
+        });
         return 0;
     }
 }

@@ -52,9 +52,9 @@ public sealed class PredictCommand : Command<PredictSettings>
 {
     public override int Execute(CommandContext context, PredictSettings settings, CancellationToken cancellationToken)
     {
-        CliContext.Create(settings);
+        CliContext cli = CliContext.Create(settings);
         List<string> images = ExpandImages(settings.Images);
-        using Predictor predictor = Load(settings);
+        using Predictor predictor = Load(settings, cli);
         if (settings.Model is not null && settings.Weights is null)
         {
             Console.Error.WriteLine($"coordinator: warning: no --weights: {predictor.Architecture.Name} has random weights, so its predictions mean nothing.");
@@ -89,13 +89,13 @@ public sealed class PredictCommand : Command<PredictSettings>
         return predictions.Any(p => p.Skipped is null) ? 0 : 1;
     }
 
-    private static Predictor Load(PredictSettings settings)
+    private static Predictor Load(PredictSettings settings, CliContext cli)
     {
         try
         {
             return settings.Checkpoint is not null
-                ? Predictor.FromCheckpoint(Require(settings.Checkpoint, "--checkpoint"))
-                : Predictor.FromArchitecture(settings.Model!, settings.Weights is null ? null : Require(settings.Weights, "--weights"));
+                ? Predictor.FromCheckpoint(Require(settings.Checkpoint, "--checkpoint"), cli.KernelVerifier())
+                : Predictor.FromArchitecture(settings.Model!, settings.Weights is null ? null : Require(settings.Weights, "--weights"), cli.KernelVerifier());
         }
         catch (Exception e) when (e is WeightsFileException or WeightsMismatchException or ArgumentException)
         {
