@@ -35,6 +35,8 @@ public sealed class SelfTestRoundTripTests : IAsyncLifetime
         result.RootElement.GetProperty("passed").GetBoolean().ShouldBeTrue();
         result.RootElement.GetProperty("mode").GetString().ShouldBe("cluster");
         result.RootElement.GetProperty("workerId").GetString().ShouldBe(workerId);
+        // The worker's verdict on its kernels: the canary configurations and the self-test's own, all checked.
+        result.RootElement.GetProperty("kernelCheck").GetString()!.ShouldMatch(@"^\d+ convolution configuration\(s\) checked on .+, libtorch ");
         Guid jobId = result.RootElement.GetProperty("jobId").GetGuid();
 
         await using var db = _cluster.Database();

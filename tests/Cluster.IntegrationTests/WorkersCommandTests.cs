@@ -37,7 +37,10 @@ public sealed class WorkersCommandTests : IAsyncLifetime
         string workerId = "listed-" + _cluster.Name;
         ClusterProcess worker = _cluster.Worker("--device", "cpu", "--id", workerId);
 
-        await Eventually.WaitAsync(async () => (await Recorded(workerId)) is { Status: WorkerStatus.Alive, ResidentBytes: > 0 }, s_deadline, "the worker's heartbeat to be recorded");
+        // The heartbeat carries the worker's kernel check once its start-up canary has run.
+        await Eventually.WaitAsync(async () => (await Recorded(workerId)) is { Status: WorkerStatus.Alive, ResidentBytes: > 0, KernelCheck: string check }
+            && check.StartsWith($"{GpuWorker.Kernels.KernelCanary.Configs(1).Count} convolution", StringComparison.Ordinal),
+            s_deadline, "the worker's heartbeat, with its whole start-up kernel check, to be recorded");
         (int code, ClusterProcess list) = await _cluster.RunCoordinatorAsync(s_deadline, "workers", "--cluster", "--format", "json");
 
         code.ShouldBe(0, list.Describe());
@@ -48,6 +51,9 @@ public sealed class WorkersCommandTests : IAsyncLifetime
             listed.GetProperty("device").GetString().ShouldBe("cpu");
             // A worker process with libtorch loaded is tens of MiB at the very least, and a 64-bit process far below a TiB.
             listed.GetProperty("residentMiB").GetInt64().ShouldBeInRange(20, 1L << 20);
+            string kernels = listed.GetProperty("kernelCheck").GetString()!;
+            kernels.ShouldContain("convolution configuration(s) checked on");
+            kernels.ShouldMatch(@"^\d+ convolution configuration\(s\) checked on .+, libtorch 2\.10[0-9.]*: (all native kernels right|\d+ rerouted .+)$");
         }
 
         worker.Terminate();

@@ -2,6 +2,7 @@ using Cluster.Contracts.SelfTest;
 using Cluster.GpuWorker.Devices;
 using Cluster.GpuWorker.SelfTest;
 using Cluster.Hosting;
+using Cluster.GpuWorker.Tests.Kernels;
 using Shouldly;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -64,8 +65,8 @@ public sealed class TorchSharpTests
     {
         var job = new RunSelfTest { JobId = Guid.NewGuid(), ImageSize = 20, Layers = 3 };
 
-        SelfTestOutcome first = SelfTestComputation.Run(job, CPU, CancellationToken.None);
-        SelfTestOutcome second = SelfTestComputation.Run(job, CPU, CancellationToken.None);
+        SelfTestOutcome first = SelfTestComputation.Run(job, CPU, TestKernels.Verifier, CancellationToken.None);
+        SelfTestOutcome second = SelfTestComputation.Run(job, CPU, TestKernels.Verifier, CancellationToken.None);
 
         first.OutputShape.ShouldBe("1x16x20x20");
         first.Checksum.ShouldBe(second.Checksum, 1e-9);
@@ -74,10 +75,32 @@ public sealed class TorchSharpTests
     }
 
     [Fact]
+    public void Self_test_checksum_is_the_float64_value_of_the_same_stack()
+    {
+        var job = new RunSelfTest { JobId = Guid.NewGuid(), ImageSize = 24, Layers = 5 };
+
+        SelfTestOutcome outcome = SelfTestComputation.Run(job, CPU, TestKernels.Verifier, CancellationToken.None);
+
+        // The same closed-form inputs and weights (made in float32, as the computation makes them), written out again
+        // here, then the convolutions in float64 through libtorch's reference kernels.
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        Tensor x = linspace(-1.0, 1.0, 3L * 24 * 24, dtype: float32).reshape(1, 3, 24, 24).to(float64);
+        for (int layer = 0; layer < 5; layer++)
+        {
+            int inChannels = layer == 0 ? 3 : 16;
+            Tensor weight = sin(arange(16 * inChannels * 9, dtype: float32) * (0.37 + (layer % 7) * 0.01)).reshape(16, inChannels, 3, 3) / Math.Sqrt(inChannels * 9);
+            x = nn.functional.relu(nn.functional.conv2d(x, weight.to(float64), padding: [1, 1]));
+        }
+        double expected = x.sum().item<double>();
+        outcome.Checksum.ShouldBe(expected, Math.Abs(expected) * 1e-5);
+    }
+
+    [Fact]
     public void Self_test_computation_depends_on_its_inputs()
     {
-        SelfTestOutcome three = SelfTestComputation.Run(new RunSelfTest { JobId = Guid.NewGuid(), ImageSize = 16, Layers = 3 }, CPU, CancellationToken.None);
-        SelfTestOutcome four = SelfTestComputation.Run(new RunSelfTest { JobId = Guid.NewGuid(), ImageSize = 16, Layers = 4 }, CPU, CancellationToken.None);
+        SelfTestOutcome three = SelfTestComputation.Run(new RunSelfTest { JobId = Guid.NewGuid(), ImageSize = 16, Layers = 3 }, CPU, TestKernels.Verifier, CancellationToken.None);
+        SelfTestOutcome four = SelfTestComputation.Run(new RunSelfTest { JobId = Guid.NewGuid(), ImageSize = 16, Layers = 4 }, CPU, TestKernels.Verifier, CancellationToken.None);
 
         three.Checksum.ShouldNotBe(four.Checksum);
     }
@@ -89,7 +112,7 @@ public sealed class TorchSharpTests
         cancelled.Cancel();
 
         Should.Throw<OperationCanceledException>(() =>
-            SelfTestComputation.Run(new RunSelfTest { JobId = Guid.NewGuid(), ImageSize = 16, Layers = 1000 }, CPU, cancelled.Token));
+            SelfTestComputation.Run(new RunSelfTest { JobId = Guid.NewGuid(), ImageSize = 16, Layers = 1000 }, CPU, TestKernels.Verifier, cancelled.Token));
     }
 
     [Theory]

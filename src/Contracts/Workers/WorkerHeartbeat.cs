@@ -17,4 +17,10 @@ public sealed record WorkerHeartbeat
 
     /// <summary>The worker process's resident memory (bytes), so a worker whose memory creeps up is visible from the coordinator.</summary>
     public long? ResidentBytes { get; init; }
+
+    /// <summary>
+    /// The worker's kernel check so far, in one line: how many convolution configurations it checked on which CPU and
+    /// libtorch, and how many it computes another way because libtorch's kernel was wrong or crashed there.
+    /// </summary>
+    public string? KernelCheck { get; init; }
 }

@@ -57,6 +57,7 @@ public sealed class WorkerRegistryConsumer(IDbContextFactory<ClusterDbContext> d
         worker.CurrentJob = m.CurrentJob;
         worker.ImagesPerSecond = m.ImagesPerSecond;
         worker.ResidentBytes = m.ResidentBytes;
+        worker.KernelCheck = m.KernelCheck ?? worker.KernelCheck;
         await db.SaveChangesAsync(context.CancellationToken);
     }
 

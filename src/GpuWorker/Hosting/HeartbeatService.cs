@@ -1,5 +1,6 @@
 using Cluster.Contracts.Workers;
 using Cluster.GpuWorker.Devices;
+using Cluster.GpuWorker.Kernels;
 using MassTransit;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -12,7 +13,8 @@ namespace Cluster.GpuWorker.Hosting;
 /// not wake up to a backlog of stale ones.
 /// </summary>
 public sealed class HeartbeatService(
-    IBus bus, WorkerIdentity identity, JobTracker jobs, LaneLayout lanes, TimeSpan interval, ILogger<HeartbeatService> logger) : BackgroundService
+    IBus bus, WorkerIdentity identity, JobTracker jobs, LaneLayout lanes, KernelVerifier kernels, TimeSpan interval, ILogger<HeartbeatService> logger)
+    : BackgroundService
 {
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -42,6 +44,7 @@ public sealed class HeartbeatService(
                     CurrentJob = jobs.CurrentJob,
                     ImagesPerSecond = jobs.ImagesPerSecond,
                     ResidentBytes = Environment.WorkingSet,
+                    KernelCheck = kernels.Report is { Checked: > 0 } report ? report.Summary : null,
                 }, context => context.TimeToLive = interval * 3, stoppingToken);
             }
             catch (Exception e) when (e is not OperationCanceledException)

@@ -33,11 +33,13 @@ public static class WorkerServices
         services.AddSingleton<DatasetManifestCache>();
         services.AddSingleton<FeatureExtractor>();
         services.AddSingleton<JobTracker>();
+        services.AddHostedService<KernelCanaryService>();
         services.AddHostedService(sp => new HeartbeatService(
             sp.GetRequiredService<IBus>(),
             sp.GetRequiredService<WorkerIdentity>(),
             sp.GetRequiredService<JobTracker>(),
             sp.GetRequiredService<LaneLayout>(),
+            sp.GetRequiredService<KernelVerifier>(),
             TimeSpan.FromSeconds(options.HeartbeatSeconds),
             sp.GetRequiredService<ILogger<HeartbeatService>>()));
         return services;

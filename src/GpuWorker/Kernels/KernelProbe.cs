@@ -66,7 +66,7 @@ public sealed record InjectedFault(ConvolutionPath Path, string Match, FaultKind
 public static partial class KernelProbe
 {
     /// <summary>Changes whenever what a probe checks changes, so that verdicts of an older probe are not reused.</summary>
-    public const int Version = 1;
+    public const int Version = 2;
 
     /// <summary>Relative error allowed: float32 kernels agree with float64 to ~1e-6 here; wrong ones are off by 10-50%.</summary>
     public static double ToleranceFor(ScalarType type) => type == ScalarType.Float32 || type == ScalarType.Float64 ? 1e-4 : 3e-2;
@@ -157,6 +157,8 @@ public static partial class KernelProbe
             y.backward([grad]);
             ms = clock.Elapsed.TotalMilliseconds;
             Tensor gw = fault is null ? w.grad! : Perturb(w.grad!);
+            // A training step needs all three right: the output (its forward kernel is not always the inference one) and both gradients.
+            error = Math.Max(error, RelativeError(y.detach().index_select(0, rows), yr.detach()));
             error = Math.Max(error, Math.Max(RelativeError(x.grad!.index_select(0, rows), xr.grad!), RelativeError(gw, wr.grad!)));
             if (b is not null)
             {

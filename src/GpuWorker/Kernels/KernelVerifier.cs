@@ -140,19 +140,20 @@ public sealed class KernelVerifier
                 return result;
             }
             var clock = Stopwatch.StartNew();
-            int probed = 0;
+            var probedNow = new HashSet<(ConvolutionConfig, ConvolutionPath)>();
             // Native kernels first; fallbacks only where those fail: the cheap ones (pointwise, NCHW) together, unfold
             // (im2col, memory-hungry) only where both fail.
-            Dictionary<(ConvolutionConfig, ConvolutionPath), ProbeVerdict> verdicts = Verdicts(pending.Select(c => (c, ConvolutionPath.Native)), ref probed);
+            Dictionary<(ConvolutionConfig, ConvolutionPath), ProbeVerdict> verdicts = Verdicts(pending.Select(c => (c, ConvolutionPath.Native)), probedNow);
+            HashSet<ConvolutionConfig> newlyProbed = [.. pending.Where(c => probedNow.Contains((c, ConvolutionPath.Native)))];
             List<ConvolutionConfig> failing = pending.Where(c => !verdicts[(c, ConvolutionPath.Native)].Passed).ToList();
             foreach ((var key, ProbeVerdict v) in Verdicts(failing.SelectMany(c => ConvolutionKernels.FallbacksFor(c)
-                .Where(p => p != ConvolutionPath.Unfold).Select(p => (c, p))), ref probed))
+                .Where(p => p != ConvolutionPath.Unfold).Select(p => (c, p))), probedNow))
             {
                 verdicts[key] = v;
             }
             List<ConvolutionConfig> unfold = failing.Where(c => !ConvolutionKernels.FallbacksFor(c)
                 .Any(p => p != ConvolutionPath.Unfold && verdicts[(c, p)].Passed)).ToList();
-            foreach ((var key, ProbeVerdict v) in Verdicts(unfold.Select(c => (c, ConvolutionPath.Unfold)), ref probed))
+            foreach ((var key, ProbeVerdict v) in Verdicts(unfold.Select(c => (c, ConvolutionPath.Unfold)), probedNow))
             {
                 verdicts[key] = v;
             }
@@ -181,14 +182,15 @@ public sealed class KernelVerifier
                 var reroute = new KernelReroute(config.Key, native.Outcome, native.Error, path, chosen.Milliseconds);
                 _decided[config] = (path, reroute);
                 result[config] = path;
-                _logger.LogWarning(
+                // Once per process: a warning when this check found it, information when an earlier one did.
+                _logger.Log(newlyProbed.Contains(config) ? LogLevel.Warning : LogLevel.Information,
                     "Convolution [{Config}]: libtorch's kernel is {Outcome} on this CPU ({Detail}); computing it as {Path} instead ({Milliseconds:F1} ms, relative error {Error:G2})",
                     config.Key, native.Outcome.ToString().ToLowerInvariant(), Describe(native), path.ToString().ToLowerInvariant(), chosen.Milliseconds, chosen.Error);
             }
-            if (probed > 0)
+            if (probedNow.Count > 0)
             {
                 _logger.LogInformation("Kernel check: {Probed} probe(s) of {Configs} new convolution configuration(s) in {Seconds:F1} s; {Summary}",
-                    probed, pending.Count, clock.Elapsed.TotalSeconds, Report.Summary);
+                    probedNow.Count, pending.Count, clock.Elapsed.TotalSeconds, Report.Summary);
             }
             return result;
         }
@@ -202,7 +204,8 @@ public sealed class KernelVerifier
     };
 
     /// <summary>Known verdicts from the store; the rest probed (in child processes) and stored.</summary>
-    private Dictionary<(ConvolutionConfig, ConvolutionPath), ProbeVerdict> Verdicts(IEnumerable<(ConvolutionConfig Config, ConvolutionPath Path)> wanted, ref int probed)
+    private Dictionary<(ConvolutionConfig, ConvolutionPath), ProbeVerdict> Verdicts(
+        IEnumerable<(ConvolutionConfig Config, ConvolutionPath Path)> wanted, HashSet<(ConvolutionConfig, ConvolutionPath)> probed)
     {
         var verdicts = new Dictionary<(ConvolutionConfig, ConvolutionPath), ProbeVerdict>();
         var unknown = new List<(ConvolutionConfig Config, ConvolutionPath Path)>();
@@ -227,8 +230,8 @@ public sealed class KernelVerifier
             foreach ((ConvolutionConfig config, ConvolutionPath path, ProbeVerdict verdict) in fresh)
             {
                 verdicts[(config, path)] = verdict;
+                probed.Add((config, path));
             }
-            probed += tasks.Count;
         }
         return verdicts;
     }

@@ -75,6 +75,9 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
 
     public IReadOnlyList<BackboneStep> Steps => _steps;
 
+    /// <summary>Whether this is an imported graph (taps are values inside one graph, not a chain of modules).</summary>
+    public bool IsImportedGraph => _graphTo is not null;
+
     /// <summary>Alternative tap names users know (Keras `block4_pool`, ResNet `conv4_x`) → step names.</summary>
     public IReadOnlyDictionary<string, string> Aliases => _aliases;
 
@@ -115,6 +118,26 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
         }
         using Tensor copy = activations.clone();
         return Run(copy, ResolveTap(tap) + 1, _steps.Count);
+    }
+
+    /// <summary>
+    /// Checks the convolutions this backbone runs for <paramref name="plan"/> (its own forward pass, to the plan's tap,
+    /// on input laid out by <paramref name="prepareInput"/>; for training, <see cref="KernelPlan.Pass"/> Backward checks
+    /// the gradients too) and from then on routes them by the verdicts. Weights must already be in the type, layout
+    /// and on the device they will run with.
+    /// </summary>
+    public void CheckKernels(KernelVerifier verifier, KernelPlan plan, Func<Tensor, Tensor>? prepareInput = null)
+    {
+        ArgumentNullException.ThrowIfNull(plan);
+        string tap = plan.Tap ?? _steps[^1].Name;
+        TorchSharp.Modules.Parameter? first = parameters().FirstOrDefault();
+        IReadOnlyList<ConvolutionSite> sites = ModelKernelCheck.Trace(Router, () =>
+        {
+            using Tensor image = zeros(1, 3, plan.InputSize, plan.InputSize, dtype: first?.dtype ?? ScalarType.Float32, device: first?.device ?? CPU);
+            using Tensor input = prepareInput is null ? image.alias() : prepareInput(image);
+            ForwardTo(input, tap).Dispose();
+        });
+        ModelKernelCheck.Install(Router, verifier, sites, plan);
     }
 
     /// <summary>The index of the step a tap name or alias designates; unknown names list the closest valid ones.</summary>

@@ -96,6 +96,13 @@ public sealed class FoldedResNet : IDisposable
     /// <summary>The last step it covers (the global pool).</summary>
     public string LastStep => _steps[^1].Tap;
 
+    /// <summary>The steps it runs, in order (`bn1` is the stem convolution with its batch norm folded in).</summary>
+    public IReadOnlyList<string> Steps => [.. _steps.Select(s => s.Tap)];
+
+    /// <summary>Runs the one covered step <paramref name="step"/> on the output of the step before it (the image for `bn1`).</summary>
+    public Tensor ForwardStep(Tensor input, string step) =>
+        _index.TryGetValue(step, out int i) ? Backbone.RunChain(input, [_steps[i].Run]) : throw new ArgumentException($"the folded ResNet does not cover step '{step}'", nameof(step));
+
     /// <summary>Whether <see cref="ForwardTo"/> runs to this step (a step name, not an alias).</summary>
     public bool Covers(string step) => _index.ContainsKey(step);
 

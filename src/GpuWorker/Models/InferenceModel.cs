@@ -5,18 +5,6 @@ using static TorchSharp.torch;
 namespace Cluster.GpuWorker.Models;
 
 /// <summary>
-/// What the convolutions of a prepared model will be checked for: its input size, the batch sizes it will run (a
-/// shard's full batches and its last, shorter one), the libtorch threads of the lane that runs it, and how far it runs.
-/// </summary>
-/// <param name="Tap">The tap the model will run to (null: the whole network); only the convolutions on the way are checked now.</param>
-public sealed record KernelPlan(int InputSize, IReadOnlyCollection<long> BatchSizes, int Threads, string? Tap = null)
-{
-    /// <summary>Full batches of <paramref name="batchSize"/> and, when <paramref name="rows"/> leaves one, the shorter last batch.</summary>
-    public static IReadOnlyCollection<long> BatchSizesFor(long rows, long batchSize) =>
-        rows % batchSize == 0 || rows < batchSize ? [Math.Min(rows, batchSize)] : [batchSize, rows % batchSize];
-}
-
-/// <summary>
 /// A backbone prepared to compute features: eval mode, weights on the device in the compute precision (bf16 with
 /// channels-last strides), for ResNets the batch norms folded into the convolutions (<see cref="FoldedResNet"/>), and
 /// every convolution configuration it will run checked against a float64 reference before it is trusted
@@ -26,7 +14,6 @@ public sealed record KernelPlan(int InputSize, IReadOnlyCollection<long> BatchSi
 public sealed class InferenceModel : IDisposable
 {
     private readonly KernelVerifier _verifier;
-    private readonly ConvolutionRoutes _routes;
     private readonly Dictionary<(int InputSize, string Step), IReadOnlyList<ConvolutionSite>> _sites = [];
 
     private InferenceModel(Backbone backbone, FoldedResNet? folded, ScalarType computeType, bool channelsLast, KernelVerifier verifier)
@@ -36,7 +23,6 @@ public sealed class InferenceModel : IDisposable
         ComputeType = computeType;
         IsChannelsLast = channelsLast;
         _verifier = verifier;
-        _routes = new ConvolutionRoutes(config => _verifier.Resolve([config])[config]);
     }
 
     /// <summary>Where the prepared model convolves on the way to the taps checked so far, whatever the batch size.</summary>
@@ -52,11 +38,13 @@ public sealed class InferenceModel : IDisposable
     }
 
     /// <summary>The verified path of every configuration checked so far.</summary>
-    public IReadOnlyDictionary<ConvolutionConfig, ConvolutionPath> Routes => _routes.Paths;
+    public IReadOnlyDictionary<ConvolutionConfig, ConvolutionPath> Routes =>
+        Backbone.Router.Routes?.Paths ?? new Dictionary<ConvolutionConfig, ConvolutionPath>();
 
     /// <summary>
     /// Checks, now, every convolution <paramref name="plan"/> will run (its tap, batch sizes and threads), rather than
-    /// when each first runs; what was checked before costs nothing.
+    /// when each first runs; what was checked before costs nothing. The sites come from one zero image through exactly
+    /// what <see cref="ForwardTo"/> runs (folded or not), with the convolutions traced rather than computed.
     /// </summary>
     public void EnsureVerified(KernelPlan plan)
     {
@@ -67,18 +55,17 @@ public sealed class InferenceModel : IDisposable
         {
             if (!_sites.TryGetValue((plan.InputSize, step), out sites!))
             {
-                sites = TraceConvolutions(plan.InputSize, step);
+                sites = ModelKernelCheck.Trace(Backbone.Router, () =>
+                {
+                    Device device = Backbone.parameters().FirstOrDefault()?.device ?? CPU;
+                    using Tensor image = zeros(1, 3, plan.InputSize, plan.InputSize, device: device);
+                    using Tensor input = PrepareInput(image);
+                    ForwardTo(input, step).Dispose();
+                });
                 _sites[(plan.InputSize, step)] = sites;
             }
         }
-        List<ConvolutionConfig> configs = plan.BatchSizes.Distinct()
-            .SelectMany(n => sites.Select(site => site.At(n, plan.Threads, KernelPass.Forward)))
-            .Where(c => !_routes.Paths.ContainsKey(c))
-            .ToList();
-        if (configs.Count > 0)
-        {
-            _routes.Add(_verifier.Resolve(configs));
-        }
+        ModelKernelCheck.Install(Backbone.Router, _verifier, sites, plan with { Pass = KernelPass.Forward });
     }
     public Backbone Backbone { get; }
 
@@ -122,7 +109,6 @@ public sealed class InferenceModel : IDisposable
             }
             var model = new InferenceModel(backbone, folded, type, channelsLast, verifier);
             model.EnsureVerified(plan);
-            backbone.Router.Use(model._routes);
             return model;
         }
         catch
@@ -157,6 +143,39 @@ public sealed class InferenceModel : IDisposable
     {
         string step = Backbone.Steps[Backbone.ResolveTap(tap)].Name;
         return Folded is not null && Folded.Covers(step) ? Folded.ForwardTo(input, step) : Backbone.ForwardTo(input, tap);
+    }
+
+    /// <summary>
+    /// The steps <see cref="ForwardTo"/> runs to reach <paramref name="tap"/>, in order: the folded ones where the fold
+    /// covers the tap (its first takes the image), else the backbone's. Each one's input is the output of the one
+    /// before (<see cref="ForwardStep"/>). An imported graph has no separate steps: it lists the tap alone.
+    /// </summary>
+    public IReadOnlyList<string> StepsTo(string tap)
+    {
+        string step = Backbone.Steps[Backbone.ResolveTap(tap)].Name;
+        if (Folded is not null && Folded.Covers(step))
+        {
+            return [.. Folded.Steps.TakeWhile(s => s != step), step];
+        }
+        if (Backbone.IsImportedGraph)
+        {
+            return [step];
+        }
+        return [.. Backbone.Steps.Select(s => s.Name).TakeWhile(s => s != step), step];
+    }
+
+    /// <summary>Runs one step of <see cref="StepsTo"/> on the output of the step before it (the image for the first).</summary>
+    public Tensor ForwardStep(Tensor input, string step)
+    {
+        if (Folded is not null && Folded.Covers(step))
+        {
+            return Folded.ForwardStep(input, step);
+        }
+        if (Backbone.IsImportedGraph)
+        {
+            return Backbone.ForwardTo(input, step);
+        }
+        return Backbone.RunChain(input, [Backbone.Steps[Backbone.ResolveTap(step)].Run]);
     }
 
     /// <summary>
@@ -210,21 +229,7 @@ public sealed class InferenceModel : IDisposable
     /// <summary>A copy of a 4-D tensor (a batch or a convolution's weights) with channels-last strides.</summary>
     public static Tensor ChannelsLast(Tensor batch) => TensorLayouts.ToChannelsLast(batch);
 
-    /// <summary>
-    /// The convolution sites on the way to <paramref name="step"/>, from one zero image through exactly what
-    /// <see cref="ForwardTo"/> runs (folded or not), with the convolutions traced rather than computed: no kernel runs
-    /// before it is checked.
-    /// </summary>
-    private IReadOnlyList<ConvolutionSite> TraceConvolutions(int inputSize, string step)
-    {
-        using var scope = NewDisposeScope();
-        using var noGrad = no_grad();
-        Device device = Backbone.parameters().FirstOrDefault()?.device ?? CPU;
-        using ConvolutionTrace trace = Backbone.Router.BeginTrace();
-        Tensor image = PrepareInput(zeros(1, 3, inputSize, inputSize, device: device));
-        ForwardTo(image, step);
-        return trace.Sites;
-    }
+
 
     public void Dispose()
     {

@@ -1,5 +1,7 @@
 using Cluster.Contracts.SelfTest;
+using Cluster.GpuWorker.Devices;
 using Cluster.GpuWorker.Hosting;
+using Cluster.GpuWorker.Kernels;
 using Cluster.Storage.Database;
 using Cluster.Storage.Database.Entities;
 using MassTransit;
@@ -13,6 +15,8 @@ public sealed class RunSelfTestConsumer(
     IDbContextFactory<ClusterDbContext> databases,
     WorkerIdentity identity,
     JobTracker jobs,
+    KernelVerifier kernels,
+    LaneLayout lanes,
     ILogger<RunSelfTestConsumer> logger) : IConsumer<RunSelfTest>
 {
     public async Task Consume(ConsumeContext<RunSelfTest> context)
@@ -34,9 +38,18 @@ public sealed class RunSelfTestConsumer(
             }
         }
 
-        // libtorch blocks its thread; keep the consumer's thread free for the bus.
-        SelfTestOutcome outcome = await Task.Run(
-            () => SelfTestComputation.Run(job, identity.Device.Device, context.CancellationToken), context.CancellationToken);
+        // libtorch blocks its thread; keep the consumer's thread free for the bus. The canary configurations are checked
+        // first (at no cost when the worker's start-up check has done it), so the result says whether this worker's
+        // kernels can be trusted, not only that it computes.
+        (SelfTestOutcome outcome, string kernelCheck) = await Task.Run(() =>
+        {
+            if (!identity.Device.IsCuda)
+            {
+                kernels.Resolve(KernelCanary.Configs(lanes.ThreadsPerLane));
+            }
+            SelfTestOutcome result = SelfTestComputation.Run(job, identity.Device.Device, kernels, context.CancellationToken);
+            return (result, kernels.Report.Summary);
+        }, context.CancellationToken);
 
         var record = new SelfTestRunRecord
         {
@@ -48,6 +61,7 @@ public sealed class RunSelfTestConsumer(
             Checksum = outcome.Checksum,
             Milliseconds = outcome.Milliseconds,
             CompletedAt = DateTime.UtcNow,
+            KernelCheck = kernelCheck,
         };
         await using (ClusterDbContext db = await databases.CreateDbContextAsync(CancellationToken.None))
         {

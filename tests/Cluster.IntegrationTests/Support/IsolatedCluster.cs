@@ -14,6 +14,7 @@ namespace Cluster.IntegrationTests.Support;
 public sealed class IsolatedCluster : IAsyncDisposable
 {
     private static readonly HttpClient s_management = CreateManagementClient();
+    private static readonly string s_kernelCache = Path.Combine(Path.GetTempPath(), $"cluster-it-kernels-{System.Environment.ProcessId}");
     private readonly List<ClusterProcess> _processes = [];
 
     private IsolatedCluster(string name)
@@ -35,6 +36,8 @@ public sealed class IsolatedCluster : IAsyncDisposable
             // Fast heartbeats keep the tests short; the production default is 5 s.
             ["Worker__HeartbeatSeconds"] = "1",
             ["Worker__TorchThreads"] = "1",
+            // Kernel verdicts are a fact about the machine, not state of a test: the tests of one run share them.
+            ["Worker__KernelCache"] = s_kernelCache,
             ["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1",
         };
     }

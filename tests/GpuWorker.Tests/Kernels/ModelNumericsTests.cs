@@ -11,7 +11,10 @@ namespace Cluster.GpuWorker.Tests.Kernels;
 /// Every architecture, prepared as a worker prepares it (channels-last, folded batch norms, checked kernels), against
 /// the same weights in float64 and NCHW run by libtorch's reference kernels, at every tap and at the model's own input
 /// size (224, or 299 for Inception): oneDNN's faults depend on the shapes, so small inputs would not find them. On the
-/// Zen 5 machine of issue 9 the unchecked kernels fail this for ResNets and MobileNets.
+/// Zen 5 machine of issue 9 the unchecked kernels fail this for ResNets, MobileNets and Inception (and ResNet-50's
+/// kill the test host). Each step is also run alone on the reference's own input to it, so that the tolerance is
+/// one step's rounding, not the drift of a hundred layers (bf16 drifts by 10-20% through ResNet-101 whichever way its
+/// convolutions are computed).
 /// </summary>
 public sealed class ModelNumericsTests(ITestOutputHelper output)
 {
@@ -24,9 +27,18 @@ public sealed class ModelNumericsTests(ITestOutputHelper output)
         TorchRuntime.Initialize();
         ArchitectureInfo info = ModelCatalog.Find(architecture);
         int size = info.InputSize;
-        using Backbone reference = ReferenceModels.WithTrainedLikeStatistics(info.Build(new BackboneOptions(IncludeTop: false)), seed: 21);
+        using Backbone reference = info.Build(new BackboneOptions(IncludeTop: false));
+        if (architecture != BuiltInModels.ResNet18ImageNet)
+        {
+            // Closed-form weights with batch norms that are not the identity: the same model in every run. The
+            // imported graph keeps its real ImageNet weights.
+            ClosedFormWeights.Fill(reference);
+        }
+        reference.eval();
         string[] taps = [.. reference.Steps.Select(s => s.Name)];
-        using Tensor images = randn([2, 3, size, size], generator: new Generator(22));
+        // Two images, one for VGG: its float64 reference at 224 is the slowest part of this test by far.
+        long batch = info.Family == "vgg" ? 1 : 2;
+        using Tensor images = randn([batch, 3, size, size], generator: new Generator(22));
         Dictionary<string, Tensor> expected = ReferenceModels.Float64Taps(reference, images, taps);
         try
         {
@@ -37,33 +49,47 @@ public sealed class ModelNumericsTests(ITestOutputHelper output)
             }
             foreach ((string precision, bool fold) in variants)
             {
-                using InferenceModel model = TestKernels.Prepare(ReferenceModels.CopyOf(reference, info), precision, size, batch: 2, fold);
+                string variant = $"{architecture} {precision}{(fold ? "" : " unfolded")}";
+                using InferenceModel model = TestKernels.Prepare(ReferenceModels.CopyOf(reference, info), precision, size, batch, fold);
                 using var scope = NewDisposeScope();
                 using var noGrad = no_grad();
+
+                // The whole chain, to every tap.
                 Dictionary<string, Tensor> actual = model.ForwardTaps(model.PrepareInput(images), taps);
-                string worst = "";
-                double worstError = 0;
+                (string Tap, double Error) chainWorst = ("", 0);
                 foreach (string tap in taps)
                 {
                     (double error, double cosine) = ReferenceModels.Compare(actual[tap], expected[tap]);
-                    if (error > worstError)
-                    {
-                        (worst, worstError) = (tap, error);
-                    }
-                    string where = $"{architecture} {precision}{(fold ? "" : " unfolded")} at {tap}: relative error {error:G3}, cosine {cosine:F6}";
+                    chainWorst = error > chainWorst.Error ? (tap, error) : chainWorst;
+                    string where = $"{variant} at {tap}: relative error {error:G3}, cosine {cosine:F6}";
                     if (precision == "fp32")
                     {
-                        // float32 against float64 through the whole network: rounding alone stays near 1e-6.
-                        error.ShouldBeLessThan(1e-4, where);
+                        // float32 against float64 through the whole network: near 1e-6, 1e-4 at the end of ResNet-152.
+                        error.ShouldBeLessThan(5e-4, where);
                     }
                     else
                     {
-                        // bf16 keeps 8 bits of mantissa at every layer: directions agree, values to a few percent.
-                        cosine.ShouldBeGreaterThan(0.99, where);
-                        error.ShouldBeLessThan(0.25, where);
+                        // bf16 drifts through deep chains (ResNet-152's layer4.0: cosine 0.94): a bound for gross faults
+                        // only; the steps alone below are the precise check.
+                        cosine.ShouldBeGreaterThan(0.9, where);
                     }
                 }
-                output.WriteLine($"{architecture} {precision}{(fold ? "" : " unfolded")}: {taps.Length} taps, worst {worst} ({worstError:G3}); {model.Routes.Count} convolution configurations, {model.Routes.Count(r => r.Value != Cluster.GpuWorker.Kernels.ConvolutionPath.Native)} rerouted");
+
+                // Each step alone, on the reference's input to it.
+                (string Step, double Error) stepWorst = ("", 0);
+                Tensor? previous = null;
+                foreach (string step in model.StepsTo(taps[^1]))
+                {
+                    Tensor input = previous is null ? model.PrepareInput(images) : AsModelInput(model, previous);
+                    (double error, double cosine) = ReferenceModels.Compare(model.ForwardStep(input, step), expected[step]);
+                    stepWorst = error > stepWorst.Error ? (step, error) : stepWorst;
+                    string where = $"{variant}, step {step} alone: relative error {error:G3}, cosine {cosine:F6}";
+                    // One step's rounding: near 1e-6 in float32 (2.5e-6 at worst here), 1.5e-2 at worst in bf16.
+                    error.ShouldBeLessThan(precision == "fp32" ? 2e-5 : 3e-2, where);
+                    previous = expected[step];
+                }
+                output.WriteLine($"{variant}: {taps.Length} taps, worst {chainWorst.Tap} ({chainWorst.Error:G3}); alone, worst {stepWorst.Step} ({stepWorst.Error:G3}); " +
+                    $"{model.Routes.Count} convolution configurations, {model.Routes.Count(r => r.Value != Cluster.GpuWorker.Kernels.ConvolutionPath.Native)} rerouted");
             }
         }
         finally
@@ -73,5 +99,12 @@ public sealed class ModelNumericsTests(ITestOutputHelper output)
                 t.Dispose();
             }
         }
+    }
+
+    /// <summary>A float64 reference activation in the type and layout the prepared model computes in.</summary>
+    private static Tensor AsModelInput(InferenceModel model, Tensor activation)
+    {
+        Tensor single = activation.to(float32);
+        return single.dim() == 4 ? model.PrepareInput(single) : single.to(model.ComputeType);
     }
 }

@@ -7,33 +7,6 @@ namespace Cluster.GpuWorker.Tests.Kernels;
 /// <summary>Models with non-trivial weights, their float64 reference, and how features are compared.</summary>
 internal static class ReferenceModels
 {
-    /// <summary>
-    /// <paramref name="model"/> with every batch norm made non-trivial: fresh ones (mean 0, variance 1, scale 1, shift
-    /// 0) are the identity, which folds to nothing and hides a wrong formula. Imported graphs keep their real weights.
-    /// </summary>
-    public static Backbone WithTrainedLikeStatistics(Backbone model, int seed)
-    {
-        var generator = new Generator((ulong)seed);
-        using var noGrad = no_grad();
-        Dictionary<string, Tensor> state = model.state_dict();
-        foreach (string mean in state.Keys.Where(k => k.EndsWith(".running_mean", StringComparison.Ordinal)).ToList())
-        {
-            string prefix = mean[..^".running_mean".Length];
-            state[mean].copy_(randn(state[mean].shape, generator: generator) * 0.2);
-            state[$"{prefix}.running_var"].copy_(rand(state[mean].shape, generator: generator) + 0.5);
-            if (state.TryGetValue($"{prefix}.weight", out Tensor? gamma))
-            {
-                gamma.copy_(rand(gamma.shape, generator: generator) + 0.5);
-            }
-            if (state.TryGetValue($"{prefix}.bias", out Tensor? beta))
-            {
-                beta.copy_(randn(beta.shape, generator: generator) * 0.1);
-            }
-        }
-        model.eval();
-        return model;
-    }
-
     /// <summary>A second model of <paramref name="info"/> with <paramref name="source"/>'s weights, copied (not reseeded).</summary>
     public static Backbone CopyOf(Backbone source, ArchitectureInfo info)
     {

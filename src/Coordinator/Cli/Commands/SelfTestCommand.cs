@@ -70,7 +70,7 @@ public sealed class SelfTestCommand : AsyncCommand<SelfTestSettings>
         {
             ISendEndpoint queue = await host.Services.GetRequiredService<ISendEndpointProvider>().GetSendEndpoint(ClusterBus.GpuWorkQueue);
             await queue.Send(job, cancellationToken);
-            Task<SelfTestOutcome> expected = Task.Run(() => SelfTestComputation.Run(job, TorchSharp.torch.CPU, cancellationToken), cancellationToken);
+            Task<SelfTestOutcome> expected = Task.Run(() => SelfTestComputation.Run(job, TorchSharp.torch.CPU, cli.KernelVerifier(), cancellationToken), cancellationToken);
 
             SelfTestRunRecord? recorded = await WaitForResultAsync(cli, job.JobId, TimeSpan.FromSeconds(settings.TimeoutSeconds), cancellationToken);
             if (recorded is null)
@@ -136,6 +136,7 @@ public sealed class SelfTestCommand : AsyncCommand<SelfTestSettings>
             workerMilliseconds = recorded.Milliseconds,
             roundTripSeconds = Math.Round(roundTrip, 3),
             recordedIn = cli.Database.Describe(),
+            kernelCheck = recorded.KernelCheck,
         }, () =>
         {
             AnsiConsole.Write(CliOutput.KeyValueTable(matches ? "[green]self-test passed[/]" : "[red]self-test FAILED[/]",
@@ -149,6 +150,7 @@ public sealed class SelfTestCommand : AsyncCommand<SelfTestSettings>
                 ("checksum", $"{recorded.Checksum:R} (expected {local.Checksum:R})"),
                 ("worker time", $"{recorded.Milliseconds:F0} ms"),
                 ("round trip", $"{roundTrip:F2} s"),
+                ("kernels", recorded.KernelCheck ?? "-"),
                 ("recorded in", cli.Database.Describe()),
             ]));
         });

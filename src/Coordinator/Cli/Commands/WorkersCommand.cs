@@ -48,6 +48,7 @@ public sealed class WorkersCommand : AsyncCommand<WorkersSettings>
                 currentJob = w.CurrentJob,
                 imagesPerSecond = w.ImagesPerSecond,
                 residentMiB = w.ResidentBytes is long bytes ? bytes / (1024 * 1024) : (long?)null,
+                kernelCheck = w.KernelCheck,
             })
             .Where(w => settings.All || w.status == "alive")
             .ToList();
@@ -62,7 +63,7 @@ public sealed class WorkersCommand : AsyncCommand<WorkersSettings>
                 return;
             }
             var table = new Table().Border(TableBorder.Rounded)
-                .AddColumns("worker", "host", "device", "version", "status", "last heartbeat", "current job", "images/s", "memory");
+                .AddColumns("worker", "host", "device", "version", "status", "last heartbeat", "current job", "images/s", "memory", "kernels");
             foreach (var w in rows)
             {
                 string status = w.status switch { "alive" => "[green]alive[/]", "lost" => "[red]lost[/]", _ => "[grey]stopped[/]" };
@@ -70,7 +71,8 @@ public sealed class WorkersCommand : AsyncCommand<WorkersSettings>
                     new Text(w.id), new Text(w.host), new Text(w.device), new Text(w.version), new Markup(status),
                     new Text($"{w.secondsSinceHeartbeat:F0} s ago"), new Text(w.currentJob ?? "-"),
                     new Text(w.imagesPerSecond is double ips ? ips.ToString("F1", System.Globalization.CultureInfo.InvariantCulture) : "-"),
-                    new Text(w.residentMiB is long mib ? $"{mib} MiB" : "-"));
+                    new Text(w.residentMiB is long mib ? $"{mib} MiB" : "-"),
+                    new Text(w.kernelCheck ?? "-"));
             }
             AnsiConsole.Write(table);
         });

@@ -188,6 +188,9 @@ public sealed class WorkerRecord
 
     /// <summary>Resident memory of the worker process at its last heartbeat, in bytes.</summary>
     public long? ResidentBytes { get; set; }
+
+    /// <summary>The worker's kernel check at its last heartbeat (see WorkerHeartbeat.KernelCheck).</summary>
+    public string? KernelCheck { get; set; }
 }
 
 /// <summary>The recorded outcome of a self-test job (`coordinator selftest`), written by the worker that ran it.</summary>
@@ -201,4 +204,7 @@ public sealed class SelfTestRunRecord
     public double Checksum { get; set; }
     public double Milliseconds { get; set; }
     public DateTime CompletedAt { get; set; }
+
+    /// <summary>The worker's kernel check when it ran the self-test: configurations checked, CPU, reroutes.</summary>
+    public string? KernelCheck { get; set; }
 }

@@ -331,6 +331,10 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .HasColumnType("text")
                         .HasColumnName("device");
 
+                    b.Property<string>("KernelCheck")
+                        .HasColumnType("text")
+                        .HasColumnName("kernel_check");
+
                     b.Property<double>("Milliseconds")
                         .HasColumnType("double precision")
                         .HasColumnName("milliseconds");
@@ -528,6 +532,10 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                     b.Property<double?>("ImagesPerSecond")
                         .HasColumnType("double precision")
                         .HasColumnName("images_per_second");
+
+                    b.Property<string>("KernelCheck")
+                        .HasColumnType("text")
+                        .HasColumnName("kernel_check");
 
                     b.Property<DateTime>("LastHeartbeat")
                         .HasColumnType("timestamp with time zone")

@@ -324,6 +324,10 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .HasColumnType("TEXT")
                         .HasColumnName("device");
 
+                    b.Property<string>("KernelCheck")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("kernel_check");
+
                     b.Property<double>("Milliseconds")
                         .HasColumnType("REAL")
                         .HasColumnName("milliseconds");
@@ -519,6 +523,10 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                     b.Property<double?>("ImagesPerSecond")
                         .HasColumnType("REAL")
                         .HasColumnName("images_per_second");
+
+                    b.Property<string>("KernelCheck")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("kernel_check");
 
                     b.Property<DateTime>("LastHeartbeat")
                         .HasColumnType("TEXT")
