@@ -184,8 +184,8 @@ public sealed class KernelVerifier
                 result[config] = path;
                 // Once per process: a warning when this check found it, information when an earlier one did.
                 _logger.Log(newlyProbed.Contains(config) ? LogLevel.Warning : LogLevel.Information,
-                    "Convolution [{Config}]: libtorch's kernel is {Outcome} on this CPU ({Detail}); computing it as {Path} instead ({Milliseconds:F1} ms, relative error {Error:G2})",
-                    config.Key, native.Outcome.ToString().ToLowerInvariant(), Describe(native), path.ToString().ToLowerInvariant(), chosen.Milliseconds, chosen.Error);
+                    "Convolution [{Config}]: libtorch's kernel on this CPU is {Verdict}; computing it as {Path} instead ({Milliseconds:F1} ms, relative error {Error:G2})",
+                    config.Key, Describe(native), path.ToString().ToLowerInvariant(), chosen.Milliseconds, chosen.Error);
             }
             if (probedNow.Count > 0)
             {
