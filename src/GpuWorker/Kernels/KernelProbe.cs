@@ -58,10 +58,11 @@ public sealed record InjectedFault(ConvolutionPath Path, string Match, FaultKind
 /// in NCHW by libtorch's reference kernels (no oneDNN: float64 has none), from the very values the path saw (inputs
 /// and weights rounded to the type first). The path runs at the configuration's full batch, because kernel libraries
 /// block their work by batch size; the reference is computed for the first and the last image (where blocking tails
-/// land), which keeps it cheap. The backward check runs the same path under autograd with an output gradient that is
-/// non-zero on those two images only, so the weight gradient the kernel computes at full batch has an exact
-/// two-image reference. Runs in the process that calls it: a kernel that crashes takes it down
-/// (<see cref="KernelVerifier"/> calls this in a child process).
+/// land), which keeps it cheap. The backward check runs the same path under autograd, checks its output as well, and
+/// gives an output gradient that is non-zero on those two images only, so the weight gradient the kernel computes at
+/// full batch has an exact two-image reference. Every call of <see cref="ForwardCalls"/> / <see cref="BackwardCalls"/>
+/// must pass. Runs in the process that calls it: a kernel that crashes takes it down (<see cref="KernelVerifier"/>
+/// calls this in a child process, with a poisoned heap: <see cref="Devices.NativeHeap.PoisonNewBlocks"/>).
 /// </summary>
 public static partial class KernelProbe
 {

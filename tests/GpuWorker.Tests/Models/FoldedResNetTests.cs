@@ -87,18 +87,7 @@ public sealed class FoldedResNetTests
     /// A second model with the same weights (not the same seed: tests running in parallel draw from the global
     /// generator between a seed and the initialisation).
     /// </summary>
-    private static Backbone CopyOf(Backbone source, string architecture)
-    {
-        Backbone copy = ModelCatalog.Find(architecture).Build();
-        Dictionary<string, Tensor> from = source.state_dict();
-        using var noGrad = no_grad();
-        foreach ((string name, Tensor tensor) in copy.state_dict())
-        {
-            tensor.copy_(from[name]);
-        }
-        copy.eval();
-        return copy;
-    }
+    private static Backbone CopyOf(Backbone source, string architecture) => ReferenceModels.CopyOf(source, ModelCatalog.Find(architecture));
 
     /// <summary>
     /// A random ResNet whose batch norms are not the identity (fresh ones have mean 0, variance 1, scale 1,
