@@ -31,6 +31,9 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
     /// </summary>
     private readonly Func<Tensor, int, Tensor>? _graphTo;
 
+    /// <summary>For an imported graph: runs the graph from step i's activations to the end (the graph split at that value).</summary>
+    private readonly Func<Tensor, int, Tensor>? _graphFrom;
+
     internal Backbone(
         string name,
         IEnumerable<(string Name, nn.Module Module)> children,
@@ -38,10 +41,12 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
         IReadOnlyDictionary<string, string> aliases,
         bool includeTop,
         ConvolutionRouter router,
-        Func<Tensor, int, Tensor> graphTo)
+        Func<Tensor, int, Tensor> graphTo,
+        Func<Tensor, int, Tensor> graphFrom)
         : this(name, children, steps, aliases, includeTop, router)
     {
         _graphTo = graphTo;
+        _graphFrom = graphFrom;
     }
 
     internal Backbone(
@@ -107,14 +112,14 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
 
     /// <summary>Runs the steps after <paramref name="tap"/> on that tap's activations.</summary>
     /// <remarks> The first step may be an in-place ReLU (torchvision's VGG and AlexNet use them): it runs on a copy, so
-    /// cached activations passed in are never changed.
+    /// cached activations passed in are never changed. An imported graph is split at the tap's value and runs the nodes
+    /// after it (none of its operators work in place).
     /// </remarks>
     public Tensor ForwardFrom(Tensor activations, string tap)
     {
-        if (_graphTo is not null)
+        if (_graphFrom is not null)
         {
-            throw new NotSupportedException(
-                $"'{GetName()}' is an imported graph: it runs from the image to a tap, not from a tap onwards; train it whole, or extract features and train a head on them.");
+            return _graphFrom(activations, ResolveTap(tap));
         }
         using Tensor copy = activations.clone();
         return Run(copy, ResolveTap(tap) + 1, _steps.Count);

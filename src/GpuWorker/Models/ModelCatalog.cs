@@ -126,7 +126,28 @@ public static class ModelCatalog
                 }
             }
         }
-        return new Backbone(builtIn.Name, children, steps, new Dictionary<string, string>(), includeTop: head is not null, router, GraphTo);
+        Tensor GraphFrom(Tensor activations, int step)
+        {
+            if (step >= last)
+            {
+                // After the pool only the new classifier remains (if any): the pooled vector is [N, C] already.
+                return step == last && head is not null ? head.call(activations.flatten(1)) : activations.alias();
+            }
+            Tensor value = network.ForwardFrom(activations, values[step], values[last]);
+            using (value)
+            {
+                Tensor pooled = value.flatten(1);
+                if (head is null)
+                {
+                    return pooled;
+                }
+                using (pooled)
+                {
+                    return head.call(pooled);
+                }
+            }
+        }
+        return new Backbone(builtIn.Name, children, steps, new Dictionary<string, string>(), includeTop: head is not null, router, GraphTo, GraphFrom);
     }
 
     private static IEnumerable<string> InitializersNeededFor(Onnx.OnnxGraphModule network, string value)

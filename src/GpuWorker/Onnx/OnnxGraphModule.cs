@@ -110,26 +110,41 @@ public sealed class OnnxGraphModule : nn.Module<Tensor, Tensor>
     public Tensor Forward(Tensor input, string? stopAt)
     {
         string target = stopAt ?? OutputName;
-        return Run(input, [target])[target];
+        return Run(InputName, input, [target])[target];
+    }
+
+    /// <summary>
+    /// Runs the graph from the value <paramref name="from"/> (its activations given, e.g. cached at a frozen cutoff) to
+    /// <paramref name="stopAt"/> (null: the graph output): the trainable suffix of a graph split at a value. Only the
+    /// nodes after the cut that the target needs run. A cut must separate the graph: when the target also depends on
+    /// a value computed before the cut by another route (a skip connection across it), nothing runs and the
+    /// exception names that value.
+    /// </summary>
+    public Tensor ForwardFrom(Tensor activations, string from, string? stopAt = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(from);
+        string target = stopAt ?? OutputName;
+        return Run(from, activations, [target])[target];
     }
 
     /// <summary>Several taps from one pass: each requested value name maps to its tensor.</summary>
     public IReadOnlyDictionary<string, Tensor> ForwardTaps(Tensor input, IReadOnlyCollection<string> taps)
     {
         ArgumentNullException.ThrowIfNull(taps);
-        return Run(input, [.. taps.Distinct(StringComparer.Ordinal)]);
+        return Run(InputName, input, [.. taps.Distinct(StringComparer.Ordinal)]);
     }
 
-    private Dictionary<string, Tensor> Run(Tensor input, string[] targets)
+    /// <summary>Computes <paramref name="targets"/> from <paramref name="source"/> (the graph input, or a cut value) given as <paramref name="input"/>.</summary>
+    private Dictionary<string, Tensor> Run(string source, Tensor input, string[] targets)
     {
         ArgumentNullException.ThrowIfNull(input);
-        ExecutionPlan plan = _plans.GetOrAdd(string.Join('\n', targets), _ => Plan(targets));
+        ExecutionPlan plan = _plans.GetOrAdd(source + "\n>" + string.Join('\n', targets), _ => Plan(source, targets));
         var values = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         var results = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         bool training = this.training;
         try
         {
-            foreach (string target in targets.Where(t => t == InputName))
+            foreach (string target in targets.Where(t => t == source))
             {
                 results[target] = input.alias();
             }
@@ -139,7 +154,7 @@ public sealed class OnnxGraphModule : nn.Module<Tensor, Tensor>
                 var inputs = new Tensor?[node.Inputs.Length];
                 for (int i = 0; i < inputs.Length; i++)
                 {
-                    inputs[i] = Resolve(node.Inputs[i], input, values);
+                    inputs[i] = Resolve(node.Inputs[i], source, input, values);
                 }
                 Tensor[] outputs = RunNode(plan.Nodes[step], inputs, training);
                 for (int o = 0; o < outputs.Length; o++)
@@ -162,7 +177,7 @@ public sealed class OnnxGraphModule : nn.Module<Tensor, Tensor>
                     }
                 }
             }
-            foreach (string target in targets.Where(t => t != InputName))
+            foreach (string target in targets.Where(t => t != source))
             {
                 results[target] = values[target];
                 values.Remove(target);
@@ -196,7 +211,7 @@ public sealed class OnnxGraphModule : nn.Module<Tensor, Tensor>
         }
     }
 
-    private Tensor? Resolve(string name, Tensor input, Dictionary<string, Tensor> values)
+    private Tensor? Resolve(string name, string source, Tensor input, Dictionary<string, Tensor> values)
     {
         if (name.Length == 0)
         {
@@ -206,7 +221,7 @@ public sealed class OnnxGraphModule : nn.Module<Tensor, Tensor>
         {
             return value;
         }
-        if (name == InputName)
+        if (name == source)
         {
             return input;
         }
@@ -214,28 +229,46 @@ public sealed class OnnxGraphModule : nn.Module<Tensor, Tensor>
         return constant.Trainable ? get_parameter(constant.StateName) : get_buffer(constant.StateName);
     }
 
-    private ExecutionPlan Plan(string[] targets)
+    private ExecutionPlan Plan(string source, string[] targets)
     {
-        var needed = new SortedSet<int>();
-        var pending = new Stack<string>();
-        foreach (string target in targets)
+        foreach (string value in targets.Append(source))
         {
-            if (target != InputName && !_producers.ContainsKey(target))
+            if (value != InputName && !_producers.ContainsKey(value))
             {
                 throw new ArgumentException(
-                    $"{Path.GetFileName(SourcePath)} has no value named '{target}'; taps are node outputs such as " +
+                    $"{Path.GetFileName(SourcePath)} has no value named '{value}'; taps are node outputs such as " +
                     $"{string.Join(", ", ValueNames.Take(3).Select(v => $"'{v}'"))} (see {nameof(ValueNames)}).",
                     nameof(targets));
             }
-            pending.Push(target);
         }
-        while (pending.TryPop(out string? value))
+        // What the cut's own value is computed from: a node after the cut that reads any of these (or the graph input)
+        // needs the prefix by a route around the cut.
+        HashSet<string> beforeCut = source == InputName ? [] : UpstreamOf(source);
+        var needed = new SortedSet<int>();
+        var pending = new Stack<(string Value, int Reader)>();
+        foreach (string target in targets)
         {
+            pending.Push((target, -1));
+        }
+        while (pending.TryPop(out (string Value, int Reader) item))
+        {
+            string value = item.Value;
+            if (value == source)
+            {
+                continue;
+            }
+            if (source != InputName && (value == InputName || beforeCut.Contains(value)))
+            {
+                string reader = item.Reader < 0 ? "it is asked for" : $"node '{_nodes[item.Reader].DisplayName}' after the cut reads it";
+                throw new ArgumentException(
+                    $"{Path.GetFileName(SourcePath)}: cutting at '{source}' does not split the graph: '{value}' is computed " +
+                    $"before the cut and {reader}; cut at a value every later node reaches only through it (a block's output).");
+            }
             if (_producers.TryGetValue(value, out int producer) && needed.Add(producer))
             {
-                foreach (string input in _nodes[producer].Inputs.Where(i => i.Length > 0))
+                foreach (string input in _nodes[producer].Inputs.Where(i => i.Length > 0 && !_constants.ContainsKey(i)))
                 {
-                    pending.Push(input);
+                    pending.Push((input, producer));
                 }
             }
         }
@@ -264,6 +297,29 @@ public sealed class OnnxGraphModule : nn.Module<Tensor, Tensor>
             }
         }
         return new ExecutionPlan(order, [.. freedAfter.Select(f => f.ToArray())], kept);
+    }
+
+    /// <summary>Every value <paramref name="value"/> is computed from (the graph input included), itself excluded.</summary>
+    private HashSet<string> UpstreamOf(string value)
+    {
+        var upstream = new HashSet<string>(StringComparer.Ordinal);
+        var pending = new Stack<string>();
+        pending.Push(value);
+        while (pending.TryPop(out string? current))
+        {
+            if (!_producers.TryGetValue(current, out int producer))
+            {
+                continue;
+            }
+            foreach (string input in _nodes[producer].Inputs.Where(i => i.Length > 0 && !_constants.ContainsKey(i)))
+            {
+                if (upstream.Add(input))
+                {
+                    pending.Push(input);
+                }
+            }
+        }
+        return upstream;
     }
 
     private static string UniqueStateName(string onnxName, HashSet<string> taken)

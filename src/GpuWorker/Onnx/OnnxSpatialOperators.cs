@@ -68,18 +68,18 @@ internal static partial class OnnxOperators
             : $"pad mode '{node.GetString("mode", "")}' is not supported";
 
     /// <summary>
-    /// Inference uses the running statistics; in training mode the batch's statistics are used and the running ones
-    /// (registered buffers) updated in place, as torch's BatchNorm does. ONNX's momentum weights the old running
-    /// value, torch's the new batch value: torch momentum = 1 - ONNX momentum.
+    /// Always the running statistics (inference mode), also while the graph trains: an imported graph is a pretrained
+    /// network being fine-tuned, and re-estimating ImageNet statistics from small fine-tuning batches (16-32 images
+    /// of a few classes) shifts every later layer's input away from what it was trained on. This is Keras'
+    /// fine-tuning rule (a frozen BatchNormalization runs in inference mode). The scale and shift stay Parameters, so
+    /// they train where the graph's suffix trains. See docs/onnx.md.
     /// </summary>
     private static Tensor[] BatchNormalization(OnnxOperatorContext c)
     {
         double epsilon = c.Node.GetFloat("epsilon", 1e-5f);
-        double momentum = c.Node.GetFloat("momentum", 0.9f);
         return
         [
-            F.batch_norm(c.Input(0), c.Input(3), c.Input(4), c.Input(1), c.Input(2),
-                training: c.Training, momentum: 1 - momentum, eps: epsilon),
+            F.batch_norm(c.Input(0), c.Input(3), c.Input(4), c.Input(1), c.Input(2), training: false, eps: epsilon),
         ];
     }
 

@@ -155,7 +155,60 @@ public sealed class ModelCatalogTests
         model.ParametersUpTo("maxpool").ShouldBe(64L * 3 * 7 * 7 + 2 * 64);
         model.ParametersUpTo("avgpool").ShouldBe(ModelCatalog.Find("resnet18-imagenet").ParameterCount);
         model.ParametersUpTo("fc").ShouldBe(ModelCatalog.Find("resnet18-imagenet").ParameterCount + 512 * 10 + 10);
-        Should.Throw<NotSupportedException>(() => model.ForwardFrom(zeros(1, 512), "avgpool"));
+        // The CNTK graph's last stage is three basic blocks deep (docs/onnx.md): torchvision's layer4 (8,393,728)
+        // plus one block of two 512->512 3x3 convolutions and their batch norms' scale and shift.
+        (model.ParametersUpTo("layer4") - model.ParametersUpTo("layer3")).ShouldBe(8_393_728L + 2 * 512 * 512 * 9 + 2 * 2 * 512);
+    }
+
+    [Fact]
+    public void The_built_in_imagenet_resnet18_split_at_each_tap_computes_its_whole_forward_pass_and_trains_only_the_suffix()
+    {
+        using Backbone model = ModelCatalog.Find("resnet18-imagenet").Build(new BackboneOptions(NumClasses: 10));
+        model.eval();
+        using var scope = NewDisposeScope();
+        // Pixel values minus a mean image span about ±128 (Caffe-style preprocessing); two images.
+        Tensor images = randn([2, 3, 224, 224], generator: new Generator(seed: 11)) * 60;
+        Tensor whole;
+        using (no_grad())
+        {
+            whole = model.forward(images);
+        }
+        double scale = whole.abs().max().item<float>();
+        foreach (string tap in new[] { "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc" })
+        {
+            using (no_grad())
+            {
+                Tensor prefix = model.ForwardTo(images, tap);
+                Tensor resumed = model.ForwardFrom(prefix, tap);
+                resumed.shape.ShouldBe([2L, 10L], tap);
+                double error = (resumed - whole).abs().max().item<float>();
+                error.ShouldBeLessThanOrEqualTo(1e-5 * scale, tap);
+            }
+        }
+
+        // Fine-tuning from layer3 on its cached activations: gradients reach exactly the parameters after the cut.
+        Tensor atLayer3;
+        using (no_grad())
+        {
+            atLayer3 = model.ForwardTo(images, "layer3");
+        }
+        model.train();
+        model.ForwardFrom(atLayer3, "layer3").square().mean().backward();
+        long withGradient = model.parameters().Where(p => p.grad is not null && p.grad.abs().sum().item<float>() > 0).Sum(p => p.numel());
+        withGradient.ShouldBe(Backbone.CountParameters(model) - model.ParametersUpTo("layer3"));
+    }
+
+    [Fact]
+    public void An_imported_graph_refuses_a_cut_that_a_residual_connection_crosses()
+    {
+        using BuiltInModel builtIn = BuiltInModels.Load(BuiltInModels.ResNet18ImageNet);
+        using Tensor activations = zeros(1, 64, 56, 56);
+
+        // Inside layer1's first block: the block's Add also reads the max-pool output, from before the cut.
+        var error = Should.Throw<ArgumentException>(() => builtIn.Network.ForwardFrom(activations, "ReLU261_Output_0"));
+
+        error.Message.ShouldStartWith("ResNet18.onnx: cutting at 'ReLU261_Output_0' does not split the graph: 'Pooling255_Output_0' is computed before the cut and node ");
+        error.Message.ShouldNotContain('\n');
     }
 
     [Fact]
