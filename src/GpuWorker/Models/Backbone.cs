@@ -136,12 +136,24 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
         ArgumentNullException.ThrowIfNull(plan);
         string tap = plan.Tap ?? _steps[^1].Name;
         TorchSharp.Modules.Parameter? first = parameters().FirstOrDefault();
-        IReadOnlyList<ConvolutionSite> sites = ModelKernelCheck.Trace(Router, () =>
+        // The trace runs in eval mode: in train mode every batch norm on the way would fold the zero image's statistics
+        // into its running ones (seen as a training run that no longer matched PyTorch's).
+        bool wasTraining = training;
+        eval();
+        IReadOnlyList<ConvolutionSite> sites;
+        try
         {
-            using Tensor image = zeros(1, 3, plan.InputSize, plan.InputSize, dtype: first?.dtype ?? ScalarType.Float32, device: first?.device ?? CPU);
-            using Tensor input = prepareInput is null ? image.alias() : prepareInput(image);
-            ForwardTo(input, tap).Dispose();
-        });
+            sites = ModelKernelCheck.Trace(Router, () =>
+            {
+                using Tensor image = zeros(1, 3, plan.InputSize, plan.InputSize, dtype: first?.dtype ?? ScalarType.Float32, device: first?.device ?? CPU);
+                using Tensor input = prepareInput is null ? image.alias() : prepareInput(image);
+                ForwardTo(input, tap).Dispose();
+            });
+        }
+        finally
+        {
+            train(wasTraining);
+        }
         ModelKernelCheck.Install(Router, verifier, sites, plan);
     }
 

@@ -42,7 +42,7 @@ internal static class ClosedFormWeights
         return Convert.ToHexStringLower(sha.GetHashAndReset());
     }
 
-    private static float[] Values(string name, long[] shape, bool isBatchNorm)
+    internal static float[] Values(string name, long[] shape, bool isBatchNorm)
     {
         long count = shape.Aggregate(1L, (a, b) => a * b);
         uint hash = Fnv1a(name);
