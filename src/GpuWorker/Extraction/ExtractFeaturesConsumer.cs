@@ -1,32 +1,25 @@
 using Cluster.Contracts.Features;
 using Cluster.GpuWorker.Hosting;
-using Cluster.GpuWorker.Models;
-using Cluster.GpuWorker.Weights;
-using Cluster.Storage.Datasets;
-using Cluster.Storage.Files;
 using MassTransit;
-using Microsoft.Extensions.Logging;
 
 namespace Cluster.GpuWorker.Extraction;
 
 /// <summary>
-/// Runs an <see cref="ExtractFeatures"/> job. A job that fails (unknown model or layer, unreadable weights, missing
-/// dataset, or anything unexpected) is recorded as a failed shard with the reason, not retried; a crash or a shutdown
-/// leaves the message to be redelivered.
+/// Runs an <see cref="ExtractFeatures"/> job through the worker's job skeleton (<see cref="WorkerJobRunner"/>): a shard
+/// already recorded is announced, not extracted again; a job that fails (unknown model or layer, unreadable weights,
+/// missing dataset, or anything unexpected) is recorded as a failed shard with the reason, not retried; a crash or a
+/// shutdown leaves the message to be redelivered.
 /// </summary>
-public sealed class ExtractFeaturesConsumer(FeatureExtractor extractor, WorkerIdentity identity, JobTracker jobs, ILogger<ExtractFeaturesConsumer> logger)
-    : IConsumer<ExtractFeatures>
+public sealed class ExtractFeaturesConsumer(FeatureExtractor extractor, WorkerIdentity identity, WorkerJobRunner runner) : IConsumer<ExtractFeatures>
 {
-    public async Task Consume(ConsumeContext<ExtractFeatures> context)
+    public Task Consume(ConsumeContext<ExtractFeatures> context)
     {
         ExtractFeatures job = context.Message;
-        string jobId = $"extract/{job.FeatureSetKey}/{job.ShardIndex}";
-        using IDisposable _ = jobs.Begin(jobId);
-        using IDisposable __ = Serilog.Context.LogContext.PushProperty("JobId", jobId);
-        try
-        {
-            ShardOutcome outcome = await extractor.ExtractAsync(job, context.CancellationToken);
-            await context.Publish(new FeatureShardExtracted
+        return runner.RunAsync($"extract/{job.FeatureSetKey}/{job.ShardIndex}", new WorkerJob<ShardOutcome>(
+            FindRecorded: ct => extractor.FindRecordedAsync(job, ct),
+            Compute: ct => extractor.ExtractAsync(job, ct),
+            Record: extractor.RecordAsync,
+            Completed: (outcome, _) => context.Publish(new FeatureShardExtracted
             {
                 FeatureSetKey = job.FeatureSetKey,
                 ShardIndex = job.ShardIndex,
@@ -34,33 +27,12 @@ public sealed class ExtractFeaturesConsumer(FeatureExtractor extractor, WorkerId
                 ImageCount = outcome.ImageCount,
                 SkippedCount = outcome.SkippedCount,
                 Seconds = outcome.Seconds,
-            });
-        }
-        catch (Exception e) when (e is not OperationCanceledException || !context.CancellationToken.IsCancellationRequested)
-        {
-            // Any failure of the job itself is recorded with its reason for the requester (who can run the request
-            // again to retry just the failed shards); only shutdown leaves the message unacknowledged, to be
-            // redelivered, as a crash of the process does.
-            Exception cause = e is AggregateException { InnerExceptions.Count: 1 } a ? a.InnerExceptions[0] : e;
-            if (!IsBadRequest(cause))
+            }),
+            Failed: async reason =>
             {
-                logger.LogError(cause, "Shard {Shard} of {FeatureSet} failed unexpectedly", job.ShardIndex, job.FeatureSetKey);
-            }
-            logger.LogError("Shard {Shard} of {FeatureSet} cannot be extracted: {Reason}", job.ShardIndex, job.FeatureSetKey, cause.Message);
-            await extractor.RecordFailureAsync(job, cause.Message);
-            await context.Publish(new FeatureShardFailed
-            {
-                FeatureSetKey = job.FeatureSetKey,
-                ShardIndex = job.ShardIndex,
-                WorkerId = identity.WorkerId,
-                Reason = cause.Message,
-            });
-        }
+                // The requester can run the request again to retry just the failed shards.
+                await extractor.RecordFailureAsync(job, reason);
+                await context.Publish(new FeatureShardFailed { FeatureSetKey = job.FeatureSetKey, ShardIndex = job.ShardIndex, WorkerId = identity.WorkerId, Reason = reason });
+            }), context.CancellationToken);
     }
-
-    private static bool IsBadRequest(Exception e) =>
-        e is UnknownNameException or WeightsFileException or WeightsMismatchException or DatasetInputException
-            or StoragePathException or ArgumentException or FileNotFoundException or Onnx.OnnxImportException
-            // No verified way to compute a convolution on this machine: its message names the configuration and every verdict.
-            or Kernels.KernelCheckException;
 }

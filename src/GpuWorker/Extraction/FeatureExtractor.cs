@@ -18,8 +18,15 @@ using static TorchSharp.torch;
 
 namespace Cluster.GpuWorker.Extraction;
 
-/// <summary>The outcome of one shard, as recorded.</summary>
-public sealed record ShardOutcome(int ImageCount, int SkippedCount, double Seconds, bool AlreadyRecorded);
+/// <summary>The outcome of one shard: as recorded, or as just extracted (then <see cref="Written"/> says what to record).</summary>
+public sealed record ShardOutcome(int ImageCount, int SkippedCount, double Seconds, bool AlreadyRecorded)
+{
+    /// <summary>The shard file written and the images skipped, not yet recorded; null for an outcome read back.</summary>
+    internal WrittenShard? Written { get; init; }
+}
+
+/// <summary>A shard file on storage and the images it skipped: what <see cref="FeatureExtractor.RecordAsync"/> records.</summary>
+internal sealed record WrittenShard(ExtractFeatures Job, string Path, string Sha256, IReadOnlyList<SkippedRow> Skipped);
 
 /// <summary>
 /// Extracts one shard: decodes its images in parallel (overlapping the forward pass), runs the backbone to the
@@ -42,18 +49,18 @@ public sealed class FeatureExtractor(
 
     public static string ShardPath(string featureSetKey, int shardIndex) => $"features/{featureSetKey}/shard-{shardIndex:D5}.safetensors";
 
+    /// <summary>The shard's recorded outcome if a delivery of it completed before, else null.</summary>
+    public async Task<ShardOutcome?> FindRecordedAsync(ExtractFeatures job, CancellationToken cancellationToken)
+    {
+        await using ClusterDbContext db = await databases.CreateDbContextAsync(cancellationToken);
+        FeatureShardRecord? done = await db.FeatureShards.AsNoTracking().SingleOrDefaultAsync(
+            s => s.FeatureSetKey == job.FeatureSetKey && s.Index == job.ShardIndex && s.Status == FeatureShardStatus.Complete, cancellationToken);
+        return done is null ? null : new ShardOutcome(done.ImageCount, done.SkippedCount, done.Seconds, AlreadyRecorded: true);
+    }
+
+    /// <summary>Extracts the shard and writes its file; <see cref="RecordAsync"/> records it.</summary>
     public async Task<ShardOutcome> ExtractAsync(ExtractFeatures job, CancellationToken cancellationToken)
     {
-        await using (ClusterDbContext db = await databases.CreateDbContextAsync(cancellationToken))
-        {
-            FeatureShardRecord? done = await db.FeatureShards.AsNoTracking().SingleOrDefaultAsync(
-                s => s.FeatureSetKey == job.FeatureSetKey && s.Index == job.ShardIndex && s.Status == FeatureShardStatus.Complete, cancellationToken);
-            if (done is not null)
-            {
-                return new ShardOutcome(done.ImageCount, done.SkippedCount, done.Seconds, AlreadyRecorded: true);
-            }
-        }
-
         var clock = Stopwatch.StartNew();
         DatasetManifest manifest = await manifests.GetAsync(job.DatasetId, cancellationToken);
         if (job.RowStart < 0 || job.RowCount < 0 || job.RowStart + job.RowCount > manifest.Entries.Count)
@@ -131,13 +138,7 @@ public sealed class FeatureExtractor(
             return Task.CompletedTask;
         }, cancellationToken);
         double seconds = clock.Elapsed.TotalSeconds;
-        await RecordAsync(job, path, sha256, rows.Length, skipped, manifest, seconds);
-        NativeHeap.ReleaseFreedMemory();
-        // Resident and managed memory after every shard: the figures that show a long extraction stays flat.
-        logger.LogInformation("Shard {Shard} of {FeatureSet}: {Images} images, {Skipped} skipped, in {Seconds:F1} s ({Rate:F1} images/s); resident {ResidentMiB} MiB, managed heap {ManagedMiB} MiB",
-            job.ShardIndex, job.FeatureSetKey, rows.Length, skipped.Count, seconds, (rows.Length + skipped.Count) / Math.Max(seconds, 1e-3),
-            Environment.WorkingSet >> 20, GC.GetGCMemoryInfo().HeapSizeBytes >> 20);
-        return new ShardOutcome(rows.Length, skipped.Count, seconds, AlreadyRecorded: false);
+        return new ShardOutcome(rows.Length, skipped.Count, seconds, AlreadyRecorded: false) { Written = new WrittenShard(job, path, sha256, skipped) };
     }
 
     /// <summary>
@@ -220,9 +221,16 @@ public sealed class FeatureExtractor(
         await db.SaveChangesAsync(CancellationToken.None);
     }
 
-    /// <summary>One transaction: the shard row (replacing a failed attempt) and its skipped images not yet known.</summary>
-    private async Task RecordAsync(ExtractFeatures job, string path, string sha256, int images, List<SkippedRow> skipped, DatasetManifest manifest, double seconds)
+    /// <summary>
+    /// One transaction: the shard row (replacing a failed attempt) and its skipped images not yet known. A lost race with
+    /// another delivery of the shard surfaces as a <see cref="DbUpdateException"/> (the job runner checks who won).
+    /// </summary>
+    public async Task RecordAsync(ShardOutcome outcome)
     {
+        WrittenShard written = outcome.Written ?? throw new InvalidOperationException("this shard outcome was read back, not extracted: nothing to record");
+        (ExtractFeatures job, string path, string sha256, IReadOnlyList<SkippedRow> skipped) = written;
+        int images = outcome.ImageCount;
+        double seconds = outcome.Seconds;
         await using ClusterDbContext db = await databases.CreateDbContextAsync(CancellationToken.None);
         FeatureShardRecord? row = await db.FeatureShards.FindAsync([job.FeatureSetKey, job.ShardIndex]);
         if (row is null)
@@ -259,23 +267,11 @@ public sealed class FeatureExtractor(
                 });
             }
         }
-        try
-        {
-            await db.SaveChangesAsync(CancellationToken.None);
-        }
-        catch (DbUpdateException)
-        {
-            if (!await ShardCompleteAsync(job))
-            {
-                throw;
-            }
-            // Another delivery of the same shard recorded it first; its row and file stand.
-        }
-    }
-
-    private async Task<bool> ShardCompleteAsync(ExtractFeatures job)
-    {
-        await using ClusterDbContext db = await databases.CreateDbContextAsync(CancellationToken.None);
-        return await db.FeatureShards.AnyAsync(s => s.FeatureSetKey == job.FeatureSetKey && s.Index == job.ShardIndex && s.Status == FeatureShardStatus.Complete);
+        await db.SaveChangesAsync(CancellationToken.None);
+        NativeHeap.ReleaseFreedMemory();
+        // Resident and managed memory after every shard: the figures that show a long extraction stays flat.
+        logger.LogInformation("Shard {Shard} of {FeatureSet}: {Images} images, {Skipped} skipped, in {Seconds:F1} s ({Rate:F1} images/s); resident {ResidentMiB} MiB, managed heap {ManagedMiB} MiB",
+            job.ShardIndex, job.FeatureSetKey, images, skipped.Count, seconds, (images + skipped.Count) / Math.Max(seconds, 1e-3),
+            Environment.WorkingSet >> 20, GC.GetGCMemoryInfo().HeapSizeBytes >> 20);
     }
 }

@@ -33,6 +33,7 @@ public static class WorkerServices
         services.AddSingleton<DatasetManifestCache>();
         services.AddSingleton<FeatureExtractor>();
         services.AddSingleton<JobTracker>();
+        services.AddSingleton<WorkerJobRunner>();
         services.AddHostedService<KernelCanaryService>();
         services.AddHostedService(sp => new HeartbeatService(
             sp.GetRequiredService<IBus>(),

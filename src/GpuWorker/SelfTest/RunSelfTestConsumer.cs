@@ -10,48 +10,48 @@ using Microsoft.Extensions.Logging;
 
 namespace Cluster.GpuWorker.SelfTest;
 
-/// <summary>Runs a <see cref="RunSelfTest"/> job and records its result; skips a job already recorded (redelivery).</summary>
+/// <summary>
+/// Runs a <see cref="RunSelfTest"/> job through the worker's job skeleton (<see cref="WorkerJobRunner"/>) and records its
+/// result; a job already recorded (redelivery) is announced, not computed again. A failure goes to the bus's retry.
+/// </summary>
 public sealed class RunSelfTestConsumer(
     IDbContextFactory<ClusterDbContext> databases,
     WorkerIdentity identity,
-    JobTracker jobs,
+    WorkerJobRunner runner,
     KernelVerifier kernels,
     LaneLayout lanes,
     ILogger<RunSelfTestConsumer> logger) : IConsumer<RunSelfTest>
 {
-    public async Task Consume(ConsumeContext<RunSelfTest> context)
+    public Task Consume(ConsumeContext<RunSelfTest> context)
     {
         RunSelfTest job = context.Message;
-        string jobId = $"selftest/{job.JobId}";
-        using IDisposable _ = jobs.Begin(jobId);
-        using IDisposable __ = Serilog.Context.LogContext.PushProperty("JobId", jobId);
+        return runner.RunAsync($"selftest/{job.JobId}", new WorkerJob<SelfTestRunRecord>(
+            FindRecorded: ct => FindAsync(job.JobId, ct),
+            // libtorch blocks its thread; keep the consumer's thread free for the bus.
+            Compute: ct => Task.Run(() => Compute(job, ct), ct),
+            Record: RecordAsync,
+            Completed: (record, _) => context.Publish(new SelfTestCompleted { JobId = record.JobId, WorkerId = record.WorkerId, Checksum = record.Checksum })),
+            context.CancellationToken);
+    }
 
-        await using (ClusterDbContext db = await databases.CreateDbContextAsync(context.CancellationToken))
+    private async Task<SelfTestRunRecord?> FindAsync(Guid jobId, CancellationToken ct)
+    {
+        await using ClusterDbContext db = await databases.CreateDbContextAsync(ct);
+        return await db.SelfTestRuns.AsNoTracking().SingleOrDefaultAsync(r => r.JobId == jobId, ct);
+    }
+
+    private SelfTestRunRecord Compute(RunSelfTest job, CancellationToken ct)
+    {
+        // The canary configurations are checked first (at no cost when the worker's start-up check has done it), so the
+        // result says whether this worker's kernels can be trusted, not only that it computes.
+        if (!identity.Device.IsCuda)
         {
-            SelfTestRunRecord? existing = await db.SelfTestRuns.AsNoTracking()
-                .SingleOrDefaultAsync(r => r.JobId == job.JobId, context.CancellationToken);
-            if (existing is not null)
-            {
-                logger.LogInformation("Self-test {JobId} was already recorded by {RecordedBy}; not computed again", job.JobId, existing.WorkerId);
-                await PublishCompleted(context, existing);
-                return;
-            }
+            kernels.Resolve(KernelCanary.Configs(lanes.ThreadsPerLane));
         }
-
-        // libtorch blocks its thread; keep the consumer's thread free for the bus. The canary configurations are checked
-        // first (at no cost when the worker's start-up check has done it), so the result says whether this worker's
-        // kernels can be trusted, not only that it computes.
-        (SelfTestOutcome outcome, string kernelCheck) = await Task.Run(() =>
-        {
-            if (!identity.Device.IsCuda)
-            {
-                kernels.Resolve(KernelCanary.Configs(lanes.ThreadsPerLane));
-            }
-            SelfTestOutcome result = SelfTestComputation.Run(job, identity.Device.Device, kernels, context.CancellationToken);
-            return (result, kernels.Report.Summary);
-        }, context.CancellationToken);
-
-        var record = new SelfTestRunRecord
+        SelfTestOutcome outcome = SelfTestComputation.Run(job, identity.Device.Device, kernels, ct);
+        logger.LogInformation("Self-test {JobId}: output {Shape}, checksum {Checksum:R} in {Milliseconds:F0} ms on {Device}",
+            job.JobId, outcome.OutputShape, outcome.Checksum, outcome.Milliseconds, identity.Device.Name);
+        return new SelfTestRunRecord
         {
             JobId = job.JobId,
             WorkerId = identity.WorkerId,
@@ -61,33 +61,14 @@ public sealed class RunSelfTestConsumer(
             Checksum = outcome.Checksum,
             Milliseconds = outcome.Milliseconds,
             CompletedAt = DateTime.UtcNow,
-            KernelCheck = kernelCheck,
+            KernelCheck = kernels.Report.Summary,
         };
-        await using (ClusterDbContext db = await databases.CreateDbContextAsync(CancellationToken.None))
-        {
-            db.SelfTestRuns.Add(record);
-            try
-            {
-                // Not cancellable: once computed, the result is worth keeping even while shutting down.
-                await db.SaveChangesAsync(CancellationToken.None);
-            }
-            catch (DbUpdateException)
-            {
-                await using ClusterDbContext check = await databases.CreateDbContextAsync(CancellationToken.None);
-                if (!await check.SelfTestRuns.AnyAsync(r => r.JobId == job.JobId))
-                {
-                    throw;
-                }
-                // Another delivery of the same job won the race; its row stands.
-                logger.LogInformation("Self-test {JobId} was recorded concurrently by another delivery", job.JobId);
-                return;
-            }
-        }
-        logger.LogInformation("Self-test {JobId}: output {Shape}, checksum {Checksum:R} in {Milliseconds:F0} ms on {Device}",
-            job.JobId, outcome.OutputShape, outcome.Checksum, outcome.Milliseconds, identity.Device.Name);
-        await PublishCompleted(context, record);
     }
 
-    private static Task PublishCompleted(ConsumeContext context, SelfTestRunRecord record) =>
-        context.Publish(new SelfTestCompleted { JobId = record.JobId, WorkerId = record.WorkerId, Checksum = record.Checksum });
+    private async Task RecordAsync(SelfTestRunRecord record)
+    {
+        await using ClusterDbContext db = await databases.CreateDbContextAsync(CancellationToken.None);
+        db.SelfTestRuns.Add(record);
+        await db.SaveChangesAsync(CancellationToken.None);
+    }
 }

@@ -1,0 +1,92 @@
+using Cluster.GpuWorker.Models;
+using Cluster.GpuWorker.Weights;
+using Cluster.Storage.Datasets;
+using Cluster.Storage.Files;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Logging;
+
+namespace Cluster.GpuWorker.Hosting;
+
+/// <summary>
+/// The steps of one kind of worker job, for <see cref="WorkerJobRunner"/>: how to find its result if some delivery
+/// already recorded it, how to compute it, how to record it, and what to announce.
+/// </summary>
+/// <param name="FindRecorded">The recorded result, or null. Called first, and again after a lost insert race.</param>
+/// <param name="Compute">The work itself; honours the token (shutdown).</param>
+/// <param name="Record">Writes the result; not cancellable (once computed, a result is worth keeping while shutting down). A
+/// <see cref="DbUpdateException"/> from it is a lost race when <paramref name="FindRecorded"/> then finds a result.</param>
+/// <param name="Completed">Announces the result; the flag says whether it was recorded before (by this or another delivery).</param>
+/// <param name="Failed">Records and announces a job that cannot be done, with its one-line reason; null: failures propagate
+/// to the bus (retry, then the error queue).</param>
+public sealed record WorkerJob<TResult>(
+    Func<CancellationToken, Task<TResult?>> FindRecorded,
+    Func<CancellationToken, Task<TResult>> Compute,
+    Func<TResult, Task> Record,
+    Func<TResult, bool, Task> Completed,
+    Func<string, Task>? Failed = null)
+    where TResult : class;
+
+/// <summary>
+/// The one skeleton of every worker job (self-test, feature shard, and the training segments to come): the tracker scope
+/// heartbeats report, the job id on every log line, "already recorded?" so a redelivered job costs one lookup, compute,
+/// record, a lost insert race treated as done, and the classification of failures. Only a shutdown leaves the message
+/// unacknowledged (redelivered, as after a crash); a failure of the job itself is recorded with its reason.
+/// </summary>
+public sealed class WorkerJobRunner(JobTracker jobs, ILogger<WorkerJobRunner> logger)
+{
+    public async Task RunAsync<TResult>(string jobId, WorkerJob<TResult> job, CancellationToken ct)
+        where TResult : class
+    {
+        ArgumentNullException.ThrowIfNull(job);
+        using IDisposable _ = jobs.Begin(jobId);
+        using IDisposable __ = Serilog.Context.LogContext.PushProperty("JobId", jobId);
+        TResult? recorded = await job.FindRecorded(ct);
+        if (recorded is not null)
+        {
+            logger.LogInformation("Job {JobId} was already recorded; not computed again", jobId);
+            await job.Completed(recorded, true);
+            return;
+        }
+        try
+        {
+            TResult result = await job.Compute(ct);
+            try
+            {
+                await job.Record(result);
+            }
+            catch (DbUpdateException)
+            {
+                TResult? winner = await job.FindRecorded(CancellationToken.None);
+                if (winner is null)
+                {
+                    throw;
+                }
+                // Another delivery of the same job recorded it first; its result stands.
+                logger.LogInformation("Job {JobId} was recorded concurrently by another delivery", jobId);
+                await job.Completed(winner, true);
+                return;
+            }
+            await job.Completed(result, false);
+        }
+        catch (Exception e) when (job.Failed is not null && !(e is OperationCanceledException && ct.IsCancellationRequested))
+        {
+            Exception cause = e is AggregateException { InnerExceptions.Count: 1 } a ? a.InnerExceptions[0] : e;
+            if (!IsExplained(cause))
+            {
+                logger.LogError(cause, "Job {JobId} failed unexpectedly", jobId);
+            }
+            logger.LogError("Job {JobId} cannot be done: {Reason}", jobId, cause.Message);
+            await job.Failed(cause.Message);
+        }
+    }
+
+    /// <summary>
+    /// Failures whose message says all there is to say (bad input, a missing file, no verified kernel): logged as one line,
+    /// without a stack trace. Anything else is logged with its stack as well, since it is a bug or an outage.
+    /// </summary>
+    public static bool IsExplained(Exception e) =>
+        e is UnknownNameException or WeightsFileException or WeightsMismatchException or DatasetInputException
+            or StoragePathException or ArgumentException or FileNotFoundException or Onnx.OnnxImportException
+            // No verified way to compute a convolution on this machine: its message names the configuration and every verdict.
+            or Kernels.KernelCheckException;
+}

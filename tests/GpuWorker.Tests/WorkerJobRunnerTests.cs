@@ -1,0 +1,105 @@
+using Cluster.GpuWorker.Hosting;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Logging.Abstractions;
+using Shouldly;
+
+namespace Cluster.GpuWorker.Tests;
+
+/// <summary>The job skeleton's decisions, on delegates standing in for a job's database and computation.</summary>
+public sealed class WorkerJobRunnerTests
+{
+    private readonly JobTracker _tracker = new();
+    private readonly List<string> _calls = [];
+
+    private WorkerJobRunner Runner => new(_tracker, NullLogger<WorkerJobRunner>.Instance);
+
+    private sealed record Result(string Value);
+
+    private WorkerJob<Result> Job(
+        Func<int, Result?>? findRecorded = null,
+        Func<CancellationToken, Result>? compute = null,
+        Action<Result>? record = null,
+        bool canFail = true)
+    {
+        int finds = 0;
+        return new WorkerJob<Result>(
+            FindRecorded: _ => Task.FromResult(findRecorded?.Invoke(finds++)),
+            Compute: ct =>
+            {
+                _calls.Add($"compute while tracking {_tracker.CurrentJob}");
+                return Task.FromResult(compute is null ? new Result("computed") : compute(ct));
+            },
+            Record: r =>
+            {
+                _calls.Add($"record {r.Value}");
+                record?.Invoke(r);
+                return Task.CompletedTask;
+            },
+            Completed: (r, before) =>
+            {
+                _calls.Add($"completed {r.Value} recorded-before={before}");
+                return Task.CompletedTask;
+            },
+            Failed: canFail ? reason =>
+            {
+                _calls.Add($"failed: {reason}");
+                return Task.CompletedTask;
+            } : null);
+    }
+
+    [Fact]
+    public async Task A_job_is_computed_recorded_and_announced_under_its_id()
+    {
+        await Runner.RunAsync("job/1", Job(), default);
+
+        _calls.ShouldBe(["compute while tracking job/1", "record computed", "completed computed recorded-before=False"]);
+        _tracker.CurrentJob.ShouldBeNull();
+    }
+
+    [Fact]
+    public async Task A_job_already_recorded_is_announced_without_computing()
+    {
+        await Runner.RunAsync("job/1", Job(findRecorded: _ => new Result("earlier")), default);
+
+        _calls.ShouldBe(["completed earlier recorded-before=True"]);
+    }
+
+    [Fact]
+    public async Task A_lost_insert_race_announces_the_winner_and_an_unexplained_insert_error_propagates()
+    {
+        await Runner.RunAsync("job/1", Job(findRecorded: n => n == 0 ? null : new Result("winner"), record: _ => throw new DbUpdateException("duplicate key")), default);
+        _calls.ShouldBe(["compute while tracking job/1", "record computed", "completed winner recorded-before=True"]);
+
+        _calls.Clear();
+        await Should.ThrowAsync<DbUpdateException>(() =>
+            Runner.RunAsync("job/2", Job(record: _ => throw new DbUpdateException("disk full"), canFail: false), default));
+        _calls.ShouldBe(["compute while tracking job/2", "record computed"]);
+    }
+
+    [Fact]
+    public async Task A_failing_job_is_recorded_as_failed_with_its_reason_whether_explained_or_not()
+    {
+        await Runner.RunAsync("job/1", Job(compute: _ => throw new ArgumentException("unknown layer 'x'")), default);
+        await Runner.RunAsync("job/2", Job(compute: _ => throw new AggregateException(new InvalidOperationException("a bug"))), default);
+
+        _calls.ShouldBe(["compute while tracking job/1", "failed: unknown layer 'x'", "compute while tracking job/2", "failed: a bug"]);
+        WorkerJobRunner.IsExplained(new ArgumentException("x")).ShouldBeTrue();
+        WorkerJobRunner.IsExplained(new InvalidOperationException("x")).ShouldBeFalse();
+    }
+
+    [Fact]
+    public async Task Shutdown_leaves_the_job_unrecorded_for_redelivery_and_a_job_without_a_failure_step_propagates_its_error()
+    {
+        using var shutdown = new CancellationTokenSource();
+        await shutdown.CancelAsync();
+        await Should.ThrowAsync<OperationCanceledException>(() =>
+            Runner.RunAsync("job/1", Job(compute: ct => { ct.ThrowIfCancellationRequested(); return new Result("never"); }), shutdown.Token));
+        _calls.ShouldBe(["compute while tracking job/1"]);
+
+        _calls.Clear();
+        await Should.ThrowAsync<InvalidOperationException>(() =>
+            Runner.RunAsync("job/2", Job(compute: _ => throw new InvalidOperationException("libtorch"), canFail: false), default));
+        _calls.ShouldBe(["compute while tracking job/2"]);
+        _tracker.CurrentJob.ShouldBeNull();
+    }
+}
