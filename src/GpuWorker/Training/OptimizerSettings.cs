@@ -14,17 +14,18 @@ public enum OptimizerKind
 /// <summary>An optimizer and its hyperparameters, checked once; <see cref="Parse"/> is the one parser of the names.</summary>
 public sealed record OptimizerSettings(OptimizerKind Kind, double LearningRate, double Momentum = 0.9, double WeightDecay = 0)
 {
-    private static readonly Dictionary<string, OptimizerKind> s_names = new(StringComparer.Ordinal)
+    private static readonly NameTable<OptimizerKind> s_names = new("optimizer", "a trial", new Dictionary<string, OptimizerKind>(StringComparer.Ordinal)
     {
         ["sgd"] = OptimizerKind.Sgd,
         ["adam"] = OptimizerKind.Adam,
         ["adamw"] = OptimizerKind.AdamW,
-    };
+    });
 
-    public static IReadOnlyCollection<string> Names => s_names.Keys;
+    public static IReadOnlyCollection<string> Names => s_names.Names;
 
-    public static OptimizerKind Parse(string name) =>
-        s_names.TryGetValue(name, out OptimizerKind kind) ? kind : throw new UnknownNameException("optimizer", name, "a trial", Names);
+    public static OptimizerKind Parse(string name) => s_names.Parse(name);
+
+    public static string NameOf(OptimizerKind kind) => s_names.NameOf(kind);
 
     /// <summary>The first value out of range, as "field value: what is allowed", or null.</summary>
     public string? Problem() =>

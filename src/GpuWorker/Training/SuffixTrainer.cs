@@ -36,7 +36,7 @@ public sealed class SuffixTrainer : IDisposable
         ArgumentNullException.ThrowIfNull(optimizer);
         if (optimizer.Problem() is string problem)
         {
-            throw new ArgumentException($"optimizer {optimizer.Kind.ToString().ToLowerInvariant()}: {problem}");
+            throw new ArgumentException($"optimizer {OptimizerSettings.NameOf(optimizer.Kind)}: {problem}");
         }
         int last = model.ResolveTap(cutoff);
         if (last >= model.Steps.Count - 1)

@@ -24,18 +24,17 @@ public enum HeadKind
 /// <summary>The spec's names of the heads, and the one parser of them.</summary>
 public static class HeadKinds
 {
-    private static readonly Dictionary<string, HeadKind> s_byName = new(StringComparer.Ordinal)
+    private static readonly NameTable<HeadKind> s_table = new("head", "strategy feature-extractor", new Dictionary<string, HeadKind>(StringComparer.Ordinal)
     {
         ["logistic"] = HeadKind.Logistic,
         ["mlp"] = HeadKind.Mlp,
         ["knn"] = HeadKind.Knn,
         ["sdca"] = HeadKind.Sdca,
-    };
+    });
 
-    public static IReadOnlyCollection<string> Names => s_byName.Keys;
+    public static IReadOnlyCollection<string> Names => s_table.Names;
 
-    public static HeadKind Parse(string name) =>
-        s_byName.TryGetValue(name, out HeadKind kind) ? kind : throw new UnknownNameException("head", name, "strategy feature-extractor", Names);
+    public static HeadKind Parse(string name) => s_table.Parse(name);
 
-    public static string NameOf(HeadKind kind) => s_byName.First(p => p.Value == kind).Key;
+    public static string NameOf(HeadKind kind) => s_table.NameOf(kind);
 }
