@@ -92,6 +92,12 @@ public static class CoordinatorCli
                 .WithDescription("Top-k classes of images under a pretrained classifier (ImageNet names for 1000-class heads).")
                 .WithExample("predict", "--model", "resnet50", "--weights", "resnet50.pth", "elephant.jpg")
                 .WithExample("predict", "--checkpoint", "best.safetensors", "photos/", "--top", "5", "--format", "json");
+            c.AddBranch("storage", storage =>
+            {
+                storage.SetDescription("The shared storage root.");
+                storage.AddCommand<StorageUsageCommand>("usage").WithDescription("What the storage root keeps, where, and how big: areas, feature sets, checkpoints per trial.")
+                    .WithExample("storage", "usage", "--format", "json");
+            });
             c.AddBranch("features", features =>
             {
                 features.SetDescription("The feature cache.");
