@@ -25,12 +25,13 @@ public sealed record EpochMetrics(double Loss, double Accuracy, int Rows, double
 public sealed class SuffixTrainer : IDisposable
 {
     private readonly Backbone _model;
-    private readonly string _cutoff;
+    private readonly string? _cutoff;
     private readonly optim.Optimizer _optimizer;
     private readonly IReadOnlyList<nn.Module> _frozen;
 
     /// <param name="kernels">When given, the convolutions the suffix trains through are checked, forward and backward, for <paramref name="plan"/> first.</param>
-    public SuffixTrainer(Backbone model, string cutoff, OptimizerSettings optimizer, KernelVerifier? kernels = null, KernelPlan? plan = null)
+    /// <param name="cutoff">The last frozen layer; null trains every layer from the images (fine-tune-all, from-scratch).</param>
+    public SuffixTrainer(Backbone model, string? cutoff, OptimizerSettings optimizer, KernelVerifier? kernels = null, KernelPlan? plan = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(optimizer);
@@ -38,7 +39,7 @@ public sealed class SuffixTrainer : IDisposable
         {
             throw new ArgumentException($"optimizer {OptimizerSettings.NameOf(optimizer.Kind)}: {problem}");
         }
-        int last = model.ResolveTap(cutoff);
+        int last = cutoff is null ? -1 : model.ResolveTap(cutoff);
         if (last >= model.Steps.Count - 1)
         {
             throw new ArgumentException($"cutoff '{cutoff}' is the last layer of {model.GetName()}: nothing after it would train");
@@ -62,11 +63,22 @@ public sealed class SuffixTrainer : IDisposable
         // runs them, and the optimizers skip parameters without one.
         Parameter[] trainable = [.. model.parameters().Where(p => p.requires_grad)];
         TrainableParameters = trainable.Sum(p => p.numel());
+        // The classifier's parameters (the new head) and the backbone's, in two groups when their rates differ.
+        var head = new HashSet<Parameter>(model.Steps.Where(s => s.IsClassifier && s.Module is not null).SelectMany(s => s.Module!.parameters()), ReferenceEqualityComparer.Instance);
+        double backboneRate = optimizer.BackboneLearningRate ?? optimizer.LearningRate;
+        (Parameter[] Parameters, double Rate)[] groups =
+        [
+            ([.. trainable.Where(p => !head.Contains(p))], backboneRate),
+            ([.. trainable.Where(head.Contains)], optimizer.LearningRate),
+        ];
+        groups = [.. groups.Where(g => g.Parameters.Length > 0)];
+        double momentum = optimizer.Momentum;
+        double decay = optimizer.WeightDecay;
         _optimizer = optimizer.Kind switch
         {
-            OptimizerKind.Sgd => optim.SGD(trainable, optimizer.LearningRate, momentum: optimizer.Momentum, weight_decay: optimizer.WeightDecay),
-            OptimizerKind.Adam => optim.Adam(trainable, optimizer.LearningRate, weight_decay: optimizer.WeightDecay),
-            OptimizerKind.AdamW => optim.AdamW(trainable, optimizer.LearningRate, weight_decay: optimizer.WeightDecay),
+            OptimizerKind.Sgd => optim.SGD(groups.Select(g => new SGD.ParamGroup(g.Parameters, lr: g.Rate, momentum: momentum, weight_decay: decay)), optimizer.LearningRate, momentum: momentum, weight_decay: decay),
+            OptimizerKind.Adam => optim.Adam(groups.Select(g => new Adam.ParamGroup(g.Parameters, lr: g.Rate, weight_decay: decay)), optimizer.LearningRate, weight_decay: decay),
+            OptimizerKind.AdamW => optim.AdamW(groups.Select(g => new AdamW.ParamGroup(g.Parameters, lr: g.Rate, weight_decay: decay)), optimizer.LearningRate, weight_decay: decay),
             _ => throw new ArgumentOutOfRangeException(nameof(optimizer), optimizer.Kind, null),
         };
     }
@@ -82,7 +94,7 @@ public sealed class SuffixTrainer : IDisposable
         TrainMode();
         using var scope = NewDisposeScope();
         _optimizer.zero_grad();
-        Tensor logits = _model.ForwardFrom(activations, _cutoff);
+        Tensor logits = Forward(activations);
         Tensor loss = nn.functional.cross_entropy(logits, labels);
         loss.backward();
         _optimizer.step();
@@ -126,12 +138,15 @@ public sealed class SuffixTrainer : IDisposable
             long length = Math.Min(batchSize, rows - start);
             Tensor x = activations.narrow(0, start, length);
             Tensor y = labels.narrow(0, start, length);
-            Tensor logits = _model.ForwardFrom(x, _cutoff);
+            Tensor logits = Forward(x);
             lossSum += nn.functional.cross_entropy(logits, y, reduction: nn.Reduction.Sum).item<float>();
             correct += logits.argmax(1).eq(y).sum().item<long>();
         }
         return new EpochMetrics(lossSum / rows, (double)correct / rows, (int)rows, clock.Elapsed.TotalSeconds);
     }
+
+    /// <summary>From the cutoff's activations, or from the images when every layer trains.</summary>
+    private Tensor Forward(Tensor input) => _cutoff is null ? _model.forward(input) : _model.ForwardFrom(input, _cutoff);
 
     /// <summary>The suffix trains; frozen modules stay in eval mode (their batch norms keep their statistics).</summary>
     private void TrainMode()

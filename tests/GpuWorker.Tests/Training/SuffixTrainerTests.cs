@@ -39,7 +39,7 @@ public sealed class SuffixTrainerTests(ITestOutputHelper output)
 
         double[] losses = [.. Enumerable.Range(0, 3).Select(_ => trainer.Step(activations, labels).Loss)];
 
-        using SafetensorsReader fixture = SafetensorsReader.Open(Path.Combine(AppContext.BaseDirectory, "Fixtures", "training", "resnet18-layer4-steps.safetensors"));
+        using SafetensorsReader fixture = SafetensorsReader.Open(Path.Combine(AppContext.BaseDirectory, "Fixtures", "training", "resnet18-training-steps.safetensors"));
         float[] expectedLosses = Floats(fixture, $"{optimizer}.losses");
         output.WriteLine($"{optimizer} losses: ours {string.Join(", ", losses.Select(l => l.ToString("F6")))}; PyTorch {string.Join(", ", expectedLosses.Select(l => l.ToString("F6")))}");
         for (int i = 0; i < 3; i++)
@@ -61,6 +61,34 @@ public sealed class SuffixTrainerTests(ITestOutputHelper output)
         foreach ((string key, Tensor before) in frozenBefore)
         {
             Same(state[key], before).ShouldBeTrue($"{key} is frozen and must not change");
+        }
+    }
+
+    [Fact]
+    public void Fine_tuning_every_layer_from_images_with_a_lower_backbone_rate_matches_pytorch()
+    {
+        using Backbone model = ModelCatalog.Find("resnet18").Build(new BackboneOptions(NumClasses: 10));
+        ClosedFormWeights.Fill(model);
+        var settings = new OptimizerSettings(OptimizerKind.Sgd, 0.01, Momentum: 0.9, WeightDecay: 1e-4, BackboneLearningRate: 0.001);
+        using var trainer = new SuffixTrainer(model, cutoff: null, settings, TestKernels.Verifier, new KernelPlan(64, [4], get_num_threads()));
+        using Tensor images = tensor(ClosedFormWeights.Values("images.64", [4, 3, 64, 64], false), [4, 3, 64, 64]) * 20;
+        using Tensor labels = tensor(s_labels);
+
+        double[] losses = [.. Enumerable.Range(0, 2).Select(_ => trainer.Step(images, labels).Loss)];
+
+        using SafetensorsReader fixture = SafetensorsReader.Open(Path.Combine(AppContext.BaseDirectory, "Fixtures", "training", "resnet18-training-steps.safetensors"));
+        float[] expectedLosses = Floats(fixture, "all.losses");
+        output.WriteLine($"fine-tune-all losses: ours {string.Join(", ", losses.Select(l => l.ToString("F6")))}; PyTorch {string.Join(", ", expectedLosses.Select(l => l.ToString("F6")))}");
+        for (int i = 0; i < 2; i++)
+        {
+            losses[i].ShouldBe(expectedLosses[i], 1e-5 * Math.Abs(expectedLosses[i]), $"loss of step {i + 1}");
+        }
+        trainer.TrainableParameters.ShouldBe(Backbone.CountParameters(model));
+        Dictionary<string, Tensor> state = model.state_dict();
+        // conv1 moves at the backbone's rate and fc at the head's: a rate applied to the wrong group would not match.
+        foreach (string key in new[] { "fc.weight", "conv1.weight", "layer1.0.bn1.running_mean" })
+        {
+            CompareToFixture(state[key], fixture, $"all.{key}", 2e-5);
         }
     }
 

@@ -8,7 +8,7 @@ committed), fine-tuned from layer3 on closed-form layer3 activations (4 x 256 x 
 layer4 and fc in train mode (batch statistics, running statistics updated), cross-entropy, three steps of the
 reference material's SGD with momentum (lr 0.01, momentum 0.9, weight decay 1e-4) and, from the same start, three
 of AdamW (lr 1e-3, weight decay 0.01). Recorded: each step's loss, and after the steps fc's weight and bias, layer4.1.bn2's
-weight and running mean, and layer4.0.conv1.weight's first two filters.
+weight and running mean, and layer4.0.conv1.weight's first two filters. And fine-tune-all from images (run_all).
 """
 import os
 import sys
@@ -57,12 +57,40 @@ def run(optimizer_name):
     return tensors
 
 
+def run_all():
+    """fine-tune-all from images (4 closed-form images at 64x64): every layer trains, the backbone at lr 0.001 and the new
+    fc at 0.01 (two parameter groups), SGD momentum 0.9, weight decay 1e-4, two steps."""
+    model = torchvision.models.resnet18(num_classes=10)
+    fill(model)
+    model.train()
+    x = torch.from_numpy((closed_form("images.64", (4, 3, 64, 64), False) * 20).astype(np.float32))
+    y = torch.tensor(LABELS)
+    head = list(model.fc.parameters())
+    backbone = [p for n, p in model.named_parameters() if not n.startswith("fc.")]
+    optimizer = torch.optim.SGD([{"params": backbone, "lr": 0.001}, {"params": head, "lr": 0.01}], lr=0.01, momentum=0.9, weight_decay=1e-4)
+    losses = []
+    for _ in range(2):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    state = model.state_dict()
+    return {
+        "all.losses": np.array(losses, dtype=np.float32),
+        "all.fc.weight": state["fc.weight"].numpy().copy(),
+        "all.conv1.weight": state["conv1.weight"].numpy().copy(),
+        "all.layer1.0.bn1.running_mean": state["layer1.0.bn1.running_mean"].numpy().copy(),
+    }
+
+
 def main():
     out = sys.argv[1]
     tensors = {}
     for name in ("sgd", "adamw"):
         tensors.update(run(name))
-    write_safetensors(os.path.join(out, "resnet18-layer4-steps.safetensors"), sorted(tensors.items()),
+    tensors.update(run_all())
+    write_safetensors(os.path.join(out, "resnet18-training-steps.safetensors"), sorted(tensors.items()),
                       {"made_by": f"make_training_fixtures.py, torch {torch.__version__}, torchvision {torchvision.__version__}",
                        "labels": ",".join(map(str, LABELS))})
     print({k: v.tolist() for k, v in tensors.items() if k.endswith("losses")})
