@@ -19,6 +19,12 @@ public sealed record StorageUsage(string Root, long TotalBytes, IReadOnlyList<Us
         ArgumentNullException.ThrowIfNull(files);
         UsageEntry Entry(string path) => new(path, files.UsageBytes(path), FileCount(files.Resolve(path)));
         List<UsageEntry> areas = [.. files.List("").Where(p => Directory.Exists(files.Resolve(p))).Select(Entry)];
+        // Files directly in the root (an embedded run's SQLite database, for one) count too, as one line.
+        string[] rootFiles = [.. files.List("").Where(p => File.Exists(files.Resolve(p)))];
+        if (rootFiles.Length > 0)
+        {
+            areas.Add(new UsageEntry("(files in the root)", rootFiles.Sum(p => new FileInfo(files.Resolve(p)).Length), rootFiles.Length));
+        }
         List<UsageEntry> featureSets = [.. files.List("features").Where(p => Directory.Exists(files.Resolve(p))).Select(Entry).OrderByDescending(e => e.Bytes)];
         var checkpoints = new CheckpointStore(files);
         var trials = new List<TrialCheckpointUsage>();

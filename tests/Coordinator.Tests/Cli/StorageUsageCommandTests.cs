@@ -22,6 +22,7 @@ public sealed class StorageUsageCommandTests : IDisposable
         await files.WriteAllBytesAsync("features/resnet18.avgpool.abc/shard-00000.safetensors", new byte[3000], default);
         await files.WriteAllBytesAsync("features/resnet18.avgpool.abc/shard-00001.safetensors", new byte[1000], default);
         await files.WriteAllBytesAsync("datasets/d1/manifest.tsv", new byte[200], default);
+        await files.WriteAllBytesAsync("cluster.db", new byte[50], default);
         var checkpoints = new CheckpointStore(files);
         foreach ((string trial, int segment) in new[] { ("t1", 0), ("t1", 1), ("t2", 0) })
         {
@@ -40,6 +41,8 @@ public sealed class StorageUsageCommandTests : IDisposable
         var areas = root.GetProperty("areas").EnumerateArray().ToDictionary(a => a.GetProperty("path").GetString()!, a => a.GetProperty("bytes").GetInt64());
         areas["features"].ShouldBe(4000);
         areas["datasets"].ShouldBe(200);
+        areas["(files in the root)"].ShouldBe(50);
+        areas.Values.Sum().ShouldBe(onDisk);
         JsonElement set = root.GetProperty("featureSets").EnumerateArray().Single();
         set.GetProperty("path").GetString().ShouldBe("features/resnet18.avgpool.abc");
         set.GetProperty("files").GetInt32().ShouldBe(2);

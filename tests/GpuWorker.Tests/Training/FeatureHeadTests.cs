@@ -53,6 +53,19 @@ public sealed class FeatureHeadTests(ITestOutputHelper output)
         probabilities.ShouldAllBe(p => Math.Abs(p * k - Math.Round(p * k)) < 1e-12);
     }
 
+    [Fact]
+    public void Nearest_neighbours_give_the_same_votes_when_distances_are_computed_in_many_blocks()
+    {
+        SklearnFixture fixture = SklearnFixture.Load();
+        int k = fixture.Knn.GetProperty("k").GetInt32();
+        // 220 training rows in blocks of 7 and 60 queries in blocks of 5: the running top-k crosses every boundary.
+        using var blocked = new KnnHead(fixture.Train, fixture.Classes, k, queryBlock: 5, trainBlock: 7);
+        using FeatureHead whole = FeatureHead.Train(HeadKind.Knn, fixture.Train, fixture.Classes, new HeadSettings { Neighbours = k });
+
+        blocked.PredictProbabilities(fixture.Test).ShouldBe(whole.PredictProbabilities(fixture.Test));
+        blocked.Predict(fixture.Test).ShouldBe([.. fixture.Knn.GetProperty("test_predictions").EnumerateArray().Select(e => e.GetInt32())]);
+    }
+
     [Theory]
     [MemberData(nameof(Heads))]
     public void Every_head_learns_separable_clusters_well_above_chance(string name)

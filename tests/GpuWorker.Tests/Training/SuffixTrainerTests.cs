@@ -114,14 +114,15 @@ public sealed class SuffixTrainerTests(ITestOutputHelper output)
         }
         using var trainer = new SuffixTrainer(model, "layer3", new OptimizerSettings(OptimizerKind.Sgd, 1e-3));
 
-        double first = trainer.Step(atLayer3, labels).Loss;
-        for (int i = 0; i < 8; i++)
-        {
-            trainer.Step(atLayer3, labels);
-        }
+        double first = trainer.Evaluate(atLayer3, labels, batchSize: 4).Loss;
+        var shuffle = new Generator(seed: 8);
+        EpochMetrics[] epochs = [.. Enumerable.Range(0, 10).Select(_ => trainer.TrainEpoch(atLayer3, labels, batchSize: 4, shuffle))];
         EpochMetrics after = trainer.Evaluate(atLayer3, labels, batchSize: 4);
 
-        output.WriteLine($"loss {first:F4} -> {after.Loss:F4}, accuracy {after.Accuracy:P0}");
+        // Batches of 4 and a last one of 2: every row is trained once per epoch.
+        epochs.ShouldAllBe(e => e.Rows == 6 && e.ImagesPerSecond > 0);
+
+        output.WriteLine($"loss {first:F4} -> {after.Loss:F4}, accuracy {after.Accuracy:P0}; epochs {string.Join(", ", epochs.Select(e => e.Loss.ToString("F4")))}");
         after.Loss.ShouldBeLessThan(first);
         Dictionary<string, Tensor> state = model.state_dict();
         long changed = 0;

@@ -10,15 +10,19 @@ namespace Cluster.GpuWorker.Training.Heads;
 /// </summary>
 public sealed class KnnHead : FeatureHead
 {
-    private const int QueryBlock = 1024;
-    private const int TrainBlock = 8192;
+    private readonly int _queryBlock;
+    private readonly int _trainBlock;
 
     private readonly Tensor _train; // [N, D] float32
     private readonly Tensor _labels; // [N] int64
 
-    internal KnnHead(FeatureRows train, int classCount, int neighbours)
+    /// <param name="queryBlock">Query rows per distance block (tests make it small to cross block boundaries).</param>
+    /// <param name="trainBlock">Training rows per distance block.</param>
+    internal KnnHead(FeatureRows train, int classCount, int neighbours, int queryBlock = 1024, int trainBlock = 8192)
         : base(train.Columns, classCount)
     {
+        _queryBlock = queryBlock;
+        _trainBlock = trainBlock;
         if (neighbours > train.Rows)
         {
             throw new ArgumentException($"head knn: neighbours {neighbours}: there are only {train.Rows} training rows");
@@ -38,18 +42,18 @@ public sealed class KnnHead : FeatureHead
         using var scope = NewDisposeScope();
         Tensor queries = rows.ToTensor();
         int trainRows = (int)_train.shape[0];
-        for (int q0 = 0; q0 < rows.Rows; q0 += QueryBlock)
+        for (int q0 = 0; q0 < rows.Rows; q0 += _queryBlock)
         {
             using var block = NewDisposeScope();
-            Tensor query = queries[q0..Math.Min(q0 + QueryBlock, rows.Rows)].to(ScalarType.Float64);
+            Tensor query = queries[q0..Math.Min(q0 + _queryBlock, rows.Rows)].to(ScalarType.Float64);
             Tensor queryNorms = query.square().sum(1, keepdim: true);
             Tensor? bestDistances = null;
             Tensor? bestLabels = null;
-            for (int t0 = 0; t0 < trainRows; t0 += TrainBlock)
+            for (int t0 = 0; t0 < trainRows; t0 += _trainBlock)
             {
-                Tensor train = _train[t0..Math.Min(t0 + TrainBlock, trainRows)].to(ScalarType.Float64);
+                Tensor train = _train[t0..Math.Min(t0 + _trainBlock, trainRows)].to(ScalarType.Float64);
                 Tensor distances = (queryNorms - 2 * query.matmul(train.t()) + train.square().sum(1).unsqueeze(0)).clamp_min(0);
-                Tensor labels = _labels[t0..Math.Min(t0 + TrainBlock, trainRows)].unsqueeze(0).expand(distances.shape[0], -1);
+                Tensor labels = _labels[t0..Math.Min(t0 + _trainBlock, trainRows)].unsqueeze(0).expand(distances.shape[0], -1);
                 if (bestDistances is not null)
                 {
                     distances = cat([bestDistances, distances], 1);
