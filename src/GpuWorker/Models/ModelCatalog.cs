@@ -106,46 +106,38 @@ public static class ModelCatalog
             steps.Add(new BackboneStep("fc", head, head.call, IsClassifier: true));
         }
         int last = builtIn.Taps.Count - 1;
+        // The graph's pool output ([N, C, 1, 1], or [N, C] already) flattened like every `avgpool`, then the new
+        // classifier when the step asked for is past the pool.
+        Tensor PoolAndClassify(Tensor poolOutput, bool classify)
+        {
+            using Tensor pooled = poolOutput.flatten(1);
+            return classify ? head!.call(pooled) : pooled.alias();
+        }
         Tensor GraphTo(Tensor image, int step)
         {
             Tensor value = network.Forward(image, values[Math.Min(step, last)]);
-            if (step < last || value.dim() == 2)
+            if (step < last)
             {
                 return value;
             }
             using (value)
             {
-                Tensor pooled = value.flatten(1);
-                if (step == last)
-                {
-                    return pooled;
-                }
-                using (pooled)
-                {
-                    return head!.call(pooled);
-                }
+                return PoolAndClassify(value, classify: step > last);
             }
         }
         Tensor GraphFrom(Tensor activations, int step)
         {
-            if (step >= last)
+            if (step > last)
             {
-                // After the pool only the new classifier remains (if any): the pooled vector is [N, C] already.
-                return step == last && head is not null ? head.call(activations.flatten(1)) : activations.alias();
+                return activations.alias();
             }
-            Tensor value = network.ForwardFrom(activations, values[step], values[last]);
-            using (value)
+            if (step == last)
             {
-                Tensor pooled = value.flatten(1);
-                if (head is null)
-                {
-                    return pooled;
-                }
-                using (pooled)
-                {
-                    return head.call(pooled);
-                }
+                // After the pool only the new classifier remains (if any).
+                return PoolAndClassify(activations, classify: head is not null);
             }
+            using Tensor value = network.ForwardFrom(activations, values[step], values[last]);
+            return PoolAndClassify(value, classify: head is not null);
         }
         return new Backbone(builtIn.Name, children, steps, new Dictionary<string, string>(), includeTop: head is not null, router, GraphTo, GraphFrom);
     }
