@@ -25,8 +25,8 @@ public sealed class DatasetCommandsTests : IDisposable
         var output = Path.Combine(_folder, "tiny");
         var storage = Path.Combine(_folder, "storage");
 
-        var import = await RunAsync("dataset", "import-idx", images, labels, output, "--classes", "fashion-mnist", "--format", "json");
-        var scan = await RunAsync("dataset", "scan", output, "--storage", storage, "--format", "json");
+        var import = await InProcessCli.RunAsync("dataset", "import-idx", images, labels, output, "--classes", "fashion-mnist", "--format", "json");
+        var scan = await InProcessCli.RunAsync("dataset", "scan", output, "--storage", storage, "--format", "json");
 
         import.ExitCode.ShouldBe(0, import.Error);
         using (var json = JsonDocument.Parse(import.Output))
@@ -61,30 +61,12 @@ public sealed class DatasetCommandsTests : IDisposable
             ["dataset", "scan", labels, "--storage", Path.Combine(_folder, "storage")],
         })
         {
-            var run = await RunAsync(args);
+            var run = await InProcessCli.RunAsync(args);
 
             run.ExitCode.ShouldBe(2, string.Join(' ', args));
             var lines = run.Error.Split('\n', StringSplitOptions.RemoveEmptyEntries);
             lines.Length.ShouldBe(1, run.Error);
             lines[0].ShouldStartWith("coordinator: error: ");
-        }
-    }
-
-    private static async Task<(int ExitCode, string Output, string Error)> RunAsync(params string[] args)
-    {
-        var (output, error) = (new StringWriter(), new StringWriter());
-        var (stdout, stderr) = (Console.Out, Console.Error);
-        Console.SetOut(output);
-        Console.SetError(error);
-        try
-        {
-            var exitCode = await CoordinatorCli.RunAsync(args);
-            return (exitCode, output.ToString(), error.ToString());
-        }
-        finally
-        {
-            Console.SetOut(stdout);
-            Console.SetError(stderr);
         }
     }
 }

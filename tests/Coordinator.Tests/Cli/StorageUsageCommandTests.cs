@@ -31,7 +31,7 @@ public sealed class StorageUsageCommandTests : IDisposable
         }
         checkpoints.Retain("s1", "t1", new HashSet<int> { 1 });
 
-        (int exitCode, string output, string error) = await RunAsync("storage", "usage", "--storage", _root, "--format", "json");
+        (int exitCode, string output, string error) = await InProcessCli.RunAsync("storage", "usage", "--storage", _root, "--format", "json");
 
         exitCode.ShouldBe(0, error);
         using JsonDocument json = JsonDocument.Parse(output);
@@ -50,23 +50,5 @@ public sealed class StorageUsageCommandTests : IDisposable
             .ToDictionary(t => t.GetProperty("trialId").GetString()!, t => t.GetProperty("segments").EnumerateArray().Select(s => s.GetInt32()).ToArray());
         trials["t1"].ShouldBe([1]);
         trials["t2"].ShouldBe([0]);
-    }
-
-    private static async Task<(int ExitCode, string Output, string Error)> RunAsync(params string[] args)
-    {
-        var (output, error) = (new StringWriter(), new StringWriter());
-        var (stdout, stderr) = (Console.Out, Console.Error);
-        Console.SetOut(output);
-        Console.SetError(error);
-        try
-        {
-            int exitCode = await CoordinatorCli.RunAsync(args);
-            return (exitCode, output.ToString(), error.ToString());
-        }
-        finally
-        {
-            Console.SetOut(stdout);
-            Console.SetError(stderr);
-        }
     }
 }
