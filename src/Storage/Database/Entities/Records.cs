@@ -145,6 +145,34 @@ public sealed class TrialRecord
     public double? BestMetric { get; set; }
     public int Attempts { get; set; }
     public string? FailureReason { get; set; }
+
+    /// <summary>The trial's place in its sweep (0, 1, ...): the order trials are listed and named in.</summary>
+    public int Number { get; set; }
+
+    /// <summary>What every segment of the trial is sent with: its settings and data (a TrialSettings and a TrialData, as JSON).</summary>
+    public string? Plan { get; set; }
+
+    /// <summary>Epochs the trial trains in all, and epochs per segment.</summary>
+    public int Epochs { get; set; }
+    public int SegmentEpochs { get; set; }
+
+    /// <summary>The last epoch trained and recorded (0-based), or null before the first segment completes.</summary>
+    public int? Epoch { get; set; }
+    public double? ValidationAccuracy { get; set; }
+    public double? TestAccuracy { get; set; }
+
+    /// <summary>The segment whose checkpoint is the best so far (the one a finished trial keeps), and its path.</summary>
+    public int? BestSegment { get; set; }
+    public string? Checkpoint { get; set; }
+
+    /// <summary>Training time summed over completed segments.</summary>
+    public double Seconds { get; set; }
+
+    /// <summary>Where the running segment is (a TrialProgress as JSON), for progress bars; null when none runs.</summary>
+    public string? Progress { get; set; }
+    public DateTime CreatedAt { get; set; }
+    public DateTime? StartedAt { get; set; }
+    public DateTime? CompletedAt { get; set; }
 }
 
 public sealed class SegmentRecord
@@ -158,6 +186,15 @@ public sealed class SegmentRecord
     public string? WorkerId { get; set; }
     public SegmentStatus Status { get; set; }
     public int Attempts { get; set; }
+
+    /// <summary>The last epoch the segment trained (it may end early), and the validation accuracy then.</summary>
+    public int? LastEpoch { get; set; }
+    public double? ValidationAccuracy { get; set; }
+    public double? TestAccuracy { get; set; }
+    public bool StoppedEarly { get; set; }
+    public double Seconds { get; set; }
+    public string? FailureReason { get; set; }
+    public DateTime? CompletedAt { get; set; }
 }
 
 public sealed class EpochMetricRecord
@@ -166,12 +203,15 @@ public sealed class EpochMetricRecord
     public Guid TrialId { get; set; }
     public int Epoch { get; set; }
 
-    /// <summary>"train" or "validation".</summary>
+    /// <summary>"train", "validation" or "test" (the test set is scored once, at the trial's last epoch).</summary>
     public required string Split { get; set; }
     public double Loss { get; set; }
     public double Accuracy { get; set; }
     public double ImagesPerSecond { get; set; }
     public double Seconds { get; set; }
+
+    /// <summary>The new head's learning rate during the epoch (train rows only).</summary>
+    public double? LearningRate { get; set; }
 }
 
 public sealed class WorkerRecord

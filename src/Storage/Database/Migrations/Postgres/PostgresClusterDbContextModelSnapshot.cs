@@ -82,6 +82,10 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .HasColumnType("double precision")
                         .HasColumnName("images_per_second");
 
+                    b.Property<double?>("LearningRate")
+                        .HasColumnType("double precision")
+                        .HasColumnName("learning_rate");
+
                     b.Property<double>("Loss")
                         .HasColumnType("double precision")
                         .HasColumnName("loss");
@@ -280,6 +284,10 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .HasColumnType("text")
                         .HasColumnName("checkpoint_path");
 
+                    b.Property<DateTime?>("CompletedAt")
+                        .HasColumnType("timestamp with time zone")
+                        .HasColumnName("completed_at");
+
                     b.Property<int>("EpochFrom")
                         .HasColumnType("integer")
                         .HasColumnName("epoch_from");
@@ -287,6 +295,18 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                     b.Property<int>("EpochTo")
                         .HasColumnType("integer")
                         .HasColumnName("epoch_to");
+
+                    b.Property<string>("FailureReason")
+                        .HasColumnType("text")
+                        .HasColumnName("failure_reason");
+
+                    b.Property<int?>("LastEpoch")
+                        .HasColumnType("integer")
+                        .HasColumnName("last_epoch");
+
+                    b.Property<double>("Seconds")
+                        .HasColumnType("double precision")
+                        .HasColumnName("seconds");
 
                     b.Property<string>("Sha256")
                         .HasColumnType("text")
@@ -297,6 +317,18 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .HasMaxLength(32)
                         .HasColumnType("character varying(32)")
                         .HasColumnName("status");
+
+                    b.Property<bool>("StoppedEarly")
+                        .HasColumnType("boolean")
+                        .HasColumnName("stopped_early");
+
+                    b.Property<double?>("TestAccuracy")
+                        .HasColumnType("double precision")
+                        .HasColumnName("test_accuracy");
+
+                    b.Property<double?>("ValidationAccuracy")
+                        .HasColumnType("double precision")
+                        .HasColumnName("validation_accuracy");
 
                     b.Property<string>("WorkerId")
                         .HasColumnType("text")
@@ -465,6 +497,30 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .HasColumnType("double precision")
                         .HasColumnName("best_metric");
 
+                    b.Property<int?>("BestSegment")
+                        .HasColumnType("integer")
+                        .HasColumnName("best_segment");
+
+                    b.Property<string>("Checkpoint")
+                        .HasColumnType("text")
+                        .HasColumnName("checkpoint");
+
+                    b.Property<DateTime?>("CompletedAt")
+                        .HasColumnType("timestamp with time zone")
+                        .HasColumnName("completed_at");
+
+                    b.Property<DateTime>("CreatedAt")
+                        .HasColumnType("timestamp with time zone")
+                        .HasColumnName("created_at");
+
+                    b.Property<int?>("Epoch")
+                        .HasColumnType("integer")
+                        .HasColumnName("epoch");
+
+                    b.Property<int>("Epochs")
+                        .HasColumnType("integer")
+                        .HasColumnName("epochs");
+
                     b.Property<string>("FailureReason")
                         .HasColumnType("text")
                         .HasColumnName("failure_reason");
@@ -474,13 +530,37 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .HasColumnType("jsonb")
                         .HasColumnName("hyperparameters");
 
+                    b.Property<int>("Number")
+                        .HasColumnType("integer")
+                        .HasColumnName("number");
+
+                    b.Property<string>("Plan")
+                        .HasColumnType("text")
+                        .HasColumnName("plan");
+
                     b.Property<string>("PrefixKey")
                         .HasColumnType("text")
                         .HasColumnName("prefix_key");
 
+                    b.Property<string>("Progress")
+                        .HasColumnType("text")
+                        .HasColumnName("progress");
+
                     b.Property<int>("Rung")
                         .HasColumnType("integer")
                         .HasColumnName("rung");
+
+                    b.Property<double>("Seconds")
+                        .HasColumnType("double precision")
+                        .HasColumnName("seconds");
+
+                    b.Property<int>("SegmentEpochs")
+                        .HasColumnType("integer")
+                        .HasColumnName("segment_epochs");
+
+                    b.Property<DateTime?>("StartedAt")
+                        .HasColumnType("timestamp with time zone")
+                        .HasColumnName("started_at");
 
                     b.Property<string>("Status")
                         .IsRequired()
@@ -496,6 +576,14 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                     b.Property<Guid>("SweepId")
                         .HasColumnType("uuid")
                         .HasColumnName("sweep_id");
+
+                    b.Property<double?>("TestAccuracy")
+                        .HasColumnType("double precision")
+                        .HasColumnName("test_accuracy");
+
+                    b.Property<double?>("ValidationAccuracy")
+                        .HasColumnType("double precision")
+                        .HasColumnName("validation_accuracy");
 
                     b.HasKey("Id")
                         .HasName("pk_trials");

@@ -75,6 +75,10 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .HasColumnType("REAL")
                         .HasColumnName("images_per_second");
 
+                    b.Property<double?>("LearningRate")
+                        .HasColumnType("REAL")
+                        .HasColumnName("learning_rate");
+
                     b.Property<double>("Loss")
                         .HasColumnType("REAL")
                         .HasColumnName("loss");
@@ -273,6 +277,10 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .HasColumnType("TEXT")
                         .HasColumnName("checkpoint_path");
 
+                    b.Property<DateTime?>("CompletedAt")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("completed_at");
+
                     b.Property<int>("EpochFrom")
                         .HasColumnType("INTEGER")
                         .HasColumnName("epoch_from");
@@ -280,6 +288,18 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                     b.Property<int>("EpochTo")
                         .HasColumnType("INTEGER")
                         .HasColumnName("epoch_to");
+
+                    b.Property<string>("FailureReason")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("failure_reason");
+
+                    b.Property<int?>("LastEpoch")
+                        .HasColumnType("INTEGER")
+                        .HasColumnName("last_epoch");
+
+                    b.Property<double>("Seconds")
+                        .HasColumnType("REAL")
+                        .HasColumnName("seconds");
 
                     b.Property<string>("Sha256")
                         .HasColumnType("TEXT")
@@ -290,6 +310,18 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .HasMaxLength(32)
                         .HasColumnType("TEXT")
                         .HasColumnName("status");
+
+                    b.Property<bool>("StoppedEarly")
+                        .HasColumnType("INTEGER")
+                        .HasColumnName("stopped_early");
+
+                    b.Property<double?>("TestAccuracy")
+                        .HasColumnType("REAL")
+                        .HasColumnName("test_accuracy");
+
+                    b.Property<double?>("ValidationAccuracy")
+                        .HasColumnType("REAL")
+                        .HasColumnName("validation_accuracy");
 
                     b.Property<string>("WorkerId")
                         .HasColumnType("TEXT")
@@ -456,6 +488,30 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .HasColumnType("REAL")
                         .HasColumnName("best_metric");
 
+                    b.Property<int?>("BestSegment")
+                        .HasColumnType("INTEGER")
+                        .HasColumnName("best_segment");
+
+                    b.Property<string>("Checkpoint")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("checkpoint");
+
+                    b.Property<DateTime?>("CompletedAt")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("completed_at");
+
+                    b.Property<DateTime>("CreatedAt")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("created_at");
+
+                    b.Property<int?>("Epoch")
+                        .HasColumnType("INTEGER")
+                        .HasColumnName("epoch");
+
+                    b.Property<int>("Epochs")
+                        .HasColumnType("INTEGER")
+                        .HasColumnName("epochs");
+
                     b.Property<string>("FailureReason")
                         .HasColumnType("TEXT")
                         .HasColumnName("failure_reason");
@@ -465,13 +521,37 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .HasColumnType("TEXT")
                         .HasColumnName("hyperparameters");
 
+                    b.Property<int>("Number")
+                        .HasColumnType("INTEGER")
+                        .HasColumnName("number");
+
+                    b.Property<string>("Plan")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("plan");
+
                     b.Property<string>("PrefixKey")
                         .HasColumnType("TEXT")
                         .HasColumnName("prefix_key");
 
+                    b.Property<string>("Progress")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("progress");
+
                     b.Property<int>("Rung")
                         .HasColumnType("INTEGER")
                         .HasColumnName("rung");
+
+                    b.Property<double>("Seconds")
+                        .HasColumnType("REAL")
+                        .HasColumnName("seconds");
+
+                    b.Property<int>("SegmentEpochs")
+                        .HasColumnType("INTEGER")
+                        .HasColumnName("segment_epochs");
+
+                    b.Property<DateTime?>("StartedAt")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("started_at");
 
                     b.Property<string>("Status")
                         .IsRequired()
@@ -487,6 +567,14 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                     b.Property<Guid>("SweepId")
                         .HasColumnType("TEXT")
                         .HasColumnName("sweep_id");
+
+                    b.Property<double?>("TestAccuracy")
+                        .HasColumnType("REAL")
+                        .HasColumnName("test_accuracy");
+
+                    b.Property<double?>("ValidationAccuracy")
+                        .HasColumnType("REAL")
+                        .HasColumnName("validation_accuracy");
 
                     b.HasKey("Id")
                         .HasName("pk_trials");
