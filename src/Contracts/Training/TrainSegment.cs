@@ -47,11 +47,6 @@ public sealed record SegmentCompleted
     /// <summary>Set after the last segment when the trial has a test set.</summary>
     public double? TestAccuracy { get; init; }
 
-    /// <summary>The best validation accuracy of the trial so far, and the segment whose checkpoint holds it.</summary>
-    public double? BestValidationAccuracy { get; init; }
-
-    public int BestSegment { get; init; }
-
     /// <summary>Early stopping: the validation metric stopped improving, so the trial ends after this segment.</summary>
     public bool StoppedEarly { get; init; }
 

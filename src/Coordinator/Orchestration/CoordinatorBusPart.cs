@@ -11,6 +11,7 @@ public sealed class CoordinatorBusPart : IClusterBusPart
     public void Register(IBusRegistrationConfigurator bus)
     {
         bus.AddConsumer<WorkerRegistryConsumer>();
+        bus.AddConsumer<TrialScheduler>();
     }
 
     public void ConfigureEndpoints(IBusRegistrationContext context, IBusFactoryConfigurator bus)
@@ -26,6 +27,7 @@ public sealed class CoordinatorBusPart : IClusterBusPart
                 r.Intervals(100, 500, 2000);
             });
             e.ConfigureConsumer<WorkerRegistryConsumer>(context);
+            e.ConfigureConsumer<TrialScheduler>(context);
         });
     }
 }

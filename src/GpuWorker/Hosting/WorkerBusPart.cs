@@ -17,6 +17,7 @@ public sealed class WorkerBusPart(int concurrentJobs = 1) : IClusterBusPart
     {
         bus.AddConsumer<RunSelfTestConsumer>();
         bus.AddConsumer<ExtractFeaturesConsumer>();
+        bus.AddConsumer<Training.TrainSegmentConsumer>();
     }
 
     public void ConfigureEndpoints(IBusRegistrationContext context, IBusFactoryConfigurator bus)
@@ -30,6 +31,7 @@ public sealed class WorkerBusPart(int concurrentJobs = 1) : IClusterBusPart
             e.ConfigureConsumeTopology = false;
             e.ConfigureConsumer<RunSelfTestConsumer>(context);
             e.ConfigureConsumer<ExtractFeaturesConsumer>(context);
+            e.ConfigureConsumer<Training.TrainSegmentConsumer>(context);
         });
     }
 }

@@ -32,6 +32,7 @@ public static class WorkerServices
         services.AddSingleton<ModelProvider>();
         services.AddSingleton<DatasetManifestCache>();
         services.AddSingleton<FeatureExtractor>();
+        services.AddSingleton<Training.SegmentTrainer>();
         services.AddSingleton<JobTracker>();
         services.AddSingleton<WorkerJobRunner>();
         services.AddHostedService<KernelCanaryService>();

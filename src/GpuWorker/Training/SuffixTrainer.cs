@@ -28,6 +28,7 @@ public sealed class SuffixTrainer : IDisposable
     private readonly string? _cutoff;
     private readonly optim.Optimizer _optimizer;
     private readonly IReadOnlyList<nn.Module> _frozen;
+    private readonly double[] _baseRates;
 
     /// <param name="kernels">When given, the convolutions the suffix trains through are checked, forward and backward, for <paramref name="plan"/> first.</param>
     /// <param name="cutoff">The last frozen layer; null trains every layer from the images (fine-tune-all, from-scratch).</param>
@@ -47,6 +48,12 @@ public sealed class SuffixTrainer : IDisposable
         _model = model;
         _cutoff = cutoff;
         _frozen = [.. model.Steps.Take(last + 1).Select(s => s.Module).OfType<nn.Module>()];
+        // Everything after the cutoff trains, also when an earlier trainer of the same model froze more of it
+        // (fine-tune-top's head-only stage freezes up to the global pool before the top is unfrozen).
+        foreach (Parameter parameter in model.parameters())
+        {
+            parameter.requires_grad = true;
+        }
         foreach (nn.Module module in _frozen)
         {
             foreach (Parameter parameter in module.parameters())
@@ -72,6 +79,7 @@ public sealed class SuffixTrainer : IDisposable
             ([.. trainable.Where(head.Contains)], optimizer.LearningRate),
         ];
         groups = [.. groups.Where(g => g.Parameters.Length > 0)];
+        _baseRates = [.. groups.Select(g => g.Rate)];
         double momentum = optimizer.Momentum;
         double decay = optimizer.WeightDecay;
         _optimizer = optimizer.Kind switch
@@ -81,6 +89,54 @@ public sealed class SuffixTrainer : IDisposable
             OptimizerKind.AdamW => optim.AdamW(groups.Select(g => new AdamW.ParamGroup(g.Parameters, lr: g.Rate, weight_decay: decay)), optimizer.LearningRate, weight_decay: decay),
             _ => throw new ArgumentOutOfRangeException(nameof(optimizer), optimizer.Kind, null),
         };
+    }
+
+    /// <summary>Sets every parameter group's rate to its base rate times <paramref name="factor"/> (the schedule's, per epoch).</summary>
+    public void ScaleLearningRates(double factor)
+    {
+        int i = 0;
+        foreach (optim.ILearningRateController group in ((OptimizerHelper)_optimizer).ParamGroups)
+        {
+            group.LearningRate = _baseRates[i++] * factor;
+        }
+    }
+
+    /// <summary>The head's current rate (the last group's: the classifier's when it trains).</summary>
+    public double LearningRate => ((OptimizerHelper)_optimizer).ParamGroups.Last().LearningRate;
+
+    /// <summary>The optimizer's state (momentum buffers, Adam's moments and step counts) as bytes, for a checkpoint.</summary>
+    public byte[] SaveOptimizerState()
+    {
+        using var buffer = new MemoryStream();
+        using (var writer = new BinaryWriter(buffer, System.Text.Encoding.UTF8, leaveOpen: true))
+        {
+            ((OptimizerHelper)_optimizer).save_state_dict(writer);
+        }
+        return buffer.ToArray();
+    }
+
+    /// <summary>Restores what <see cref="SaveOptimizerState"/> saved, for an optimizer over the same parameters.</summary>
+    public void LoadOptimizerState(byte[] state)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        using var reader = new BinaryReader(new MemoryStream(state, writable: false));
+        ((OptimizerHelper)_optimizer).load_state_dict(reader);
+    }
+
+    /// <summary>
+    /// The frozen prefix's output for a batch of images, in eval mode and without gradients (with augmentation the cache
+    /// cannot be used, but the prefix still never trains); the images themselves when every layer trains.
+    /// </summary>
+    public Tensor FrozenActivations(Tensor images)
+    {
+        ArgumentNullException.ThrowIfNull(images);
+        if (_cutoff is null)
+        {
+            return images;
+        }
+        TrainMode();
+        using var noGrad = no_grad();
+        return _model.ForwardTo(images, _cutoff);
     }
 
     /// <summary>Elements of the parameters the optimizer steps (an imported graph's prefix included, though it gets no gradients).</summary>
@@ -143,6 +199,33 @@ public sealed class SuffixTrainer : IDisposable
             correct += logits.argmax(1).eq(y).sum().item<long>();
         }
         return new EpochMetrics(lossSum / rows, (double)correct / rows, (int)rows, clock.Elapsed.TotalSeconds);
+    }
+
+    /// <summary>
+    /// One batch of images through the whole network in eval mode without gradients: summed cross-entropy and how many it
+    /// got right (validation and test sets of strategies that train from images).
+    /// </summary>
+    public (double LossSum, int Correct) EvaluateImages(Tensor images, Tensor labels)
+    {
+        ArgumentNullException.ThrowIfNull(images);
+        ArgumentNullException.ThrowIfNull(labels);
+        _model.eval();
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        Tensor logits = _model.forward(images);
+        return (nn.functional.cross_entropy(logits, labels, reduction: nn.Reduction.Sum).item<float>(), (int)logits.argmax(1).eq(labels).sum().item<long>());
+    }
+
+    /// <summary>One batch of the cutoff's activations in eval mode without gradients: summed cross-entropy and how many it got right.</summary>
+    public (double LossSum, int Correct) EvaluateBatch(Tensor activations, Tensor labels)
+    {
+        ArgumentNullException.ThrowIfNull(activations);
+        ArgumentNullException.ThrowIfNull(labels);
+        _model.eval();
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        Tensor logits = Forward(activations);
+        return (nn.functional.cross_entropy(logits, labels, reduction: nn.Reduction.Sum).item<float>(), (int)logits.argmax(1).eq(labels).sum().item<long>());
     }
 
     /// <summary>From the cutoff's activations, or from the images when every layer trains.</summary>

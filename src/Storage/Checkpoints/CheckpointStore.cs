@@ -93,13 +93,14 @@ public sealed partial class CheckpointStore(FileStore files)
 
     /// <summary>
     /// The newest checkpoint of the trial that verifies, and every newer one that did not with its reason; null (with the
-    /// rejections) when none verifies, so the trial starts over.
+    /// rejections) when none verifies, so the trial starts over. <paramref name="before"/> limits the search to segments
+    /// before that one (a redelivered segment resumes from its predecessors' checkpoints, never from its own).
     /// </summary>
     public async Task<(LoadedCheckpoint? Checkpoint, IReadOnlyList<RejectedCheckpoint> Rejected)> FindLatestGoodAsync(
-        string sweepId, string trialId, CancellationToken ct)
+        string sweepId, string trialId, CancellationToken ct, int? before = null)
     {
         var rejected = new List<RejectedCheckpoint>();
-        foreach (int segment in Segments(sweepId, trialId))
+        foreach (int segment in Segments(sweepId, trialId).Where(s => before is null || s < before))
         {
             (LoadedCheckpoint? checkpoint, string? reason) = await TryLoadAsync(sweepId, trialId, segment, ct);
             if (checkpoint is not null)

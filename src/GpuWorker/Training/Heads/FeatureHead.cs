@@ -93,5 +93,8 @@ public abstract class FeatureHead : IDisposable
 
     protected abstract double[] Probabilities(FeatureRows rows);
 
+    /// <summary>What a checkpoint keeps of the trained head, as named tensors (the caller disposes them).</summary>
+    public abstract IReadOnlyList<(string Name, TorchSharp.torch.Tensor Value)> ToCheckpointTensors();
+
     public virtual void Dispose() => GC.SuppressFinalize(this);
 }

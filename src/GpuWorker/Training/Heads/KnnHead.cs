@@ -36,6 +36,10 @@ public sealed class KnnHead : FeatureHead
 
     public int Neighbours { get; }
 
+    // k-NN keeps its training rows: they are the model.
+    public override IReadOnlyList<(string Name, Tensor Value)> ToCheckpointTensors() =>
+        [("train", _train.clone()), ("labels", _labels.clone()), ("neighbours", tensor(new long[] { Neighbours }))];
+
     protected override double[] Probabilities(FeatureRows rows)
     {
         var probabilities = new double[rows.Rows * ClassCount];

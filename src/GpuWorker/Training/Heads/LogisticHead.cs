@@ -35,6 +35,8 @@ public sealed class LogisticHead : FeatureHead
 
     public double[] Bias => _bias.data<double>().ToArray();
 
+    public override IReadOnlyList<(string Name, Tensor Value)> ToCheckpointTensors() => [("weight", _weights.clone()), ("bias", _bias.clone())];
+
     internal static LogisticHead Fit(FeatureRows train, int classCount, HeadSettings settings)
     {
         int n = train.Rows;

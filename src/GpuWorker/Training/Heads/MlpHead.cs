@@ -29,6 +29,9 @@ public sealed class MlpHead : FeatureHead
     /// <summary>The weights (state_dict names hidden.weight, hidden.bias, output.weight, output.bias).</summary>
     public nn.Module Module => _model;
 
+    public override IReadOnlyList<(string Name, Tensor Value)> ToCheckpointTensors() =>
+        [.. _model.state_dict().Select(p => (p.Key, p.Value.detach().clone()))];
+
     internal static MlpHead Fit(FeatureRows train, int classCount, HeadSettings settings)
     {
         var generator = new Generator(unchecked((ulong)settings.Seed));

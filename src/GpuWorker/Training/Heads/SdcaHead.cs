@@ -26,6 +26,14 @@ public sealed class SdcaHead : FeatureHead
 
     public override HeadKind Kind => HeadKind.Sdca;
 
+    /// <summary>ML.NET's own model file (a zip), as bytes.</summary>
+    public override IReadOnlyList<(string Name, TorchSharp.torch.Tensor Value)> ToCheckpointTensors()
+    {
+        using var buffer = new MemoryStream();
+        _ml.Model.Save(_model, null, buffer);
+        return [("mlnet_model", TorchSharp.torch.tensor(buffer.ToArray()))];
+    }
+
     internal static SdcaHead Fit(FeatureRows train, int classCount, HeadSettings settings)
     {
         var ml = new MLContext(seed: unchecked((int)settings.Seed));

@@ -1,0 +1,48 @@
+using Cluster.Contracts.Training;
+using Cluster.GpuWorker.Hosting;
+using MassTransit;
+using Microsoft.Extensions.Logging;
+
+namespace Cluster.GpuWorker.Training;
+
+/// <summary>
+/// Runs a <see cref="TrainSegment"/> through the worker's job skeleton (<see cref="WorkerJobRunner"/>): a segment already
+/// recorded is announced, not trained again; one that cannot be trained (bad data, a checkpoint of another model, no
+/// verified kernel) is recorded as failed with the reason; a crash or a shutdown leaves the message to be redelivered,
+/// and the next delivery resumes from the last good checkpoint.
+/// </summary>
+public sealed class TrainSegmentConsumer(SegmentTrainer trainer, WorkerIdentity identity, WorkerJobRunner runner, ILogger<TrainSegmentConsumer> logger) : IConsumer<TrainSegment>
+{
+    public Task Consume(ConsumeContext<TrainSegment> context)
+    {
+        TrainSegment job = context.Message;
+        return runner.RunAsync(SegmentTrainer.JobId(job), new WorkerJob<SegmentOutcome>(
+            FindRecorded: ct => trainer.FindRecordedAsync(job, ct),
+            Compute: ct => trainer.TrainAsync(job, progress => Publish(context, progress), ct),
+            Record: outcome => trainer.RecordAsync(job, outcome),
+            Completed: (outcome, _) => context.Publish(new SegmentCompleted
+            {
+                SweepId = job.SweepId, TrialId = job.TrialId, Segment = job.Segment, WorkerId = identity.WorkerId, Epoch = outcome.LastEpoch,
+                ValidationAccuracy = outcome.ValidationAccuracy, ValidationLoss = outcome.ValidationLoss, TestAccuracy = outcome.TestAccuracy,
+                StoppedEarly = outcome.StoppedEarly, Checkpoint = outcome.Checkpoint, Seconds = outcome.Seconds,
+            }),
+            Failed: async reason =>
+            {
+                await trainer.RecordFailureAsync(job, reason);
+                await context.Publish(new SegmentFailed { SweepId = job.SweepId, TrialId = job.TrialId, Segment = job.Segment, WorkerId = identity.WorkerId, Reason = reason });
+            }), context.CancellationToken);
+    }
+
+    // Progress is best effort (about once a second, from the training thread): a lost one only delays a progress bar.
+    private void Publish(ConsumeContext context, TrialProgress progress)
+    {
+        try
+        {
+            context.Publish(progress).GetAwaiter().GetResult();
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            logger.LogDebug(e, "Progress of trial {Trial} not published", progress.TrialId);
+        }
+    }
+}

@@ -1,0 +1,85 @@
+using Cluster.Contracts.Training;
+using Cluster.GpuWorker.Models;
+using Cluster.GpuWorker.Training.Heads;
+
+namespace Cluster.GpuWorker.Training;
+
+/// <summary>
+/// A trial's settings parsed once into the types training uses, with the checks that need the model: the one place that
+/// says which layers each epoch trains. fine-tune-top's first <see cref="TrialSettings.HeadEpochs"/> epochs train the new
+/// head alone (everything up to the global pool frozen: the reference's "train the top model first"), the rest train the
+/// layers after the cutoff with it.
+/// </summary>
+public sealed record TrialPlan(
+    TrainingStrategy Strategy,
+    ArchitectureInfo Architecture,
+    HeadKind? Head,
+    OptimizerKind Optimizer,
+    Augmentation Augmentation,
+    string? Cutoff,
+    string PoolTap,
+    int HeadEpochs)
+{
+    /// <summary>Stage names, also kept in checkpoints: "head" (fine-tune-top's first stage), "top", "all".</summary>
+    public (string Stage, string? FrozenTap) StageOf(int epoch) => Strategy switch
+    {
+        TrainingStrategy.FineTuneTop when epoch < HeadEpochs => ("head", PoolTap),
+        TrainingStrategy.FineTuneTop => ("top", Cutoff),
+        TrainingStrategy.FeatureExtractor => ("head", Cutoff),
+        _ => ("all", null),
+    };
+
+    public OptimizerSettings OptimizerSettings(TrialSettings settings) =>
+        new(Optimizer, settings.Lr, settings.Momentum, settings.WeightDecay,
+            settings.BackboneLrScale is double scale ? settings.Lr * scale : null);
+
+    public static TrialPlan From(TrialSettings settings, int classCount)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        TrainingStrategy strategy = TrainingStrategies.Parse(settings.Strategy);
+        ArchitectureInfo architecture = ModelCatalog.Find(settings.Model);
+        if (strategy == TrainingStrategy.FromScratch && architecture.Name == BuiltInModels.ResNet18ImageNet)
+        {
+            // The imported graph's batch norms are inference-only (docs/onnx.md), so its layers cannot learn from random
+            // weights; from scratch trains the same architecture in torchvision's layout.
+            architecture = ModelCatalog.Find("resnet18");
+        }
+        HeadKind? head = strategy == TrainingStrategy.FeatureExtractor ? HeadKinds.Parse(settings.Head ?? "logistic") : null;
+        OptimizerKind optimizer = Training.OptimizerSettings.Parse(settings.Optimizer);
+        Augmentation augmentation = Augmentations.Parse(settings.Augment);
+        LearningRateSchedule.Parse(settings.Schedule);
+        if (classCount < 2)
+        {
+            throw new ArgumentException($"{classCount} class(es): a classifier needs at least 2");
+        }
+        if (settings.Precision != "fp32")
+        {
+            throw new ArgumentException($"precision {settings.Precision}: training runs in fp32 (bf16 autocast is not built yet)");
+        }
+        string? cutoff = strategy switch
+        {
+            TrainingStrategy.FeatureExtractor => settings.Cutoff ?? architecture.DefaultTap,
+            TrainingStrategy.FineTuneTop => settings.Cutoff ?? throw new ArgumentException("fine-tune-top needs a cutoff"),
+            _ => null,
+        };
+        int headEpochs = strategy == TrainingStrategy.FineTuneTop ? Math.Min(settings.HeadEpochs, settings.Epochs) : 0;
+        return new TrialPlan(strategy, architecture, head, optimizer, augmentation, cutoff, "avgpool", headEpochs);
+    }
+
+    /// <summary>
+    /// The model's preprocessing at the trial's input size (its own when the size is native).
+    /// </summary>
+    public static Preprocessing PreprocessingAt(ArchitectureInfo architecture, int inputSize)
+    {
+        ArgumentNullException.ThrowIfNull(architecture);
+        if (inputSize == architecture.InputSize)
+        {
+            return architecture.Preprocessing;
+        }
+        if (architecture.Preprocessing.MeanImage is null)
+        {
+            return Preprocessing.ImageNet(inputSize);
+        }
+        throw new ArgumentException($"input size {inputSize}: {architecture.Name} runs at {architecture.InputSize} only for now");
+    }
+}

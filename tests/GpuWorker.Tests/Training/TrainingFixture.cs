@@ -1,0 +1,112 @@
+using Cluster.Contracts.Training;
+using Cluster.GpuWorker.Devices;
+using Cluster.GpuWorker.Extraction;
+using Cluster.GpuWorker.Hosting;
+using Cluster.GpuWorker.Tests.Kernels;
+using Cluster.GpuWorker.Training;
+using Cluster.Storage.Database;
+using Cluster.Storage.Datasets;
+using Cluster.Storage.Files;
+using Microsoft.Extensions.Logging.Abstractions;
+using SkiaSharp;
+
+namespace Cluster.GpuWorker.Tests.Training;
+
+/// <summary>
+/// A storage root, an embedded database and a small, separable image dataset (real PNGs: reddish horizontal stripes
+/// against bluish vertical ones, each image with its own phase and shade) for training tests; each test gets its own.
+/// </summary>
+internal sealed class TrainingFixture : IAsyncDisposable
+{
+    private TrainingFixture(string root, ClusterDbContextFactory databases, FileStore store, DatasetManifest train, DatasetManifest test)
+    {
+        Root = root;
+        Databases = databases;
+        Store = store;
+        Train = train;
+        Test = test;
+    }
+
+    public string Root { get; }
+
+    public ClusterDbContextFactory Databases { get; }
+
+    public FileStore Store { get; }
+
+    public DatasetManifest Train { get; }
+
+    public DatasetManifest Test { get; }
+
+    public static async Task<TrainingFixture> CreateAsync(int perClass = 24, int side = 40)
+    {
+        string root = Path.Combine(Path.GetTempPath(), $"cluster-training-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(root);
+        var databases = new ClusterDbContextFactory(DatabaseProvider.Sqlite, $"Data Source={Path.Combine(root, "cluster.db")}");
+        await databases.MigrateAsync(CancellationToken.None);
+        var store = new FileStore(Path.Combine(root, "storage"));
+        DatasetManifest train = await WriteAndScanAsync(Path.Combine(root, "images", "train"), perClass, side, seed: 0, store);
+        DatasetManifest test = await WriteAndScanAsync(Path.Combine(root, "images", "test"), perClass / 2, side, seed: 5000, store);
+        return new TrainingFixture(root, databases, store, train, test);
+    }
+
+    /// <summary>A trainer as a worker has one: a new instance is what a restarted worker process would build.</summary>
+    public SegmentTrainer NewTrainer() => new(Databases, Store, new DatasetManifestCache(Store), TestKernels.Verifier,
+        WorkerIdentity.Create("test-worker", TorchDevice.Cpu), new JobTracker(), NullLogger<SegmentTrainer>.Instance);
+
+    public TrialData Data(bool test = true) => new()
+    {
+        TrainDatasetId = Train.Id,
+        ValidationFraction = 0.25,
+        SplitSeed = 3,
+        TestDatasetId = test ? Test.Id : null,
+        ClassNames = [.. Train.Classes.Select(c => c.Name)],
+    };
+
+    public static TrainSegment Segment(Guid trial, TrialSettings settings, TrialData data, int segment, int from, int to) => new()
+    {
+        SweepId = Guid.Empty, TrialId = trial, Segment = segment, EpochFrom = from, EpochTo = to, IsLast = to == settings.Epochs,
+        Settings = settings, Data = data,
+    };
+
+    private static async Task<DatasetManifest> WriteAndScanAsync(string folder, int perClass, int side, int seed, FileStore store)
+    {
+        var random = new Random(seed);
+        foreach (string label in new[] { "horizontal", "vertical" })
+        {
+            Directory.CreateDirectory(Path.Combine(folder, label));
+            for (int i = 0; i < perClass; i++)
+            {
+                using var bitmap = new SKBitmap(side, side, SKColorType.Rgba8888, SKAlphaType.Opaque);
+                int phase = random.Next(8);
+                int shade = random.Next(60);
+                for (int y = 0; y < side; y++)
+                {
+                    for (int x = 0; x < side; x++)
+                    {
+                        bool on = ((label == "horizontal" ? y : x) + phase) / 4 % 2 == 0;
+                        byte v = (byte)(on ? 200 + shade / 2 : 40 + shade);
+                        bitmap.SetPixel(x, y, label == "horizontal" ? new SKColor(v, (byte)(v / 3), 40) : new SKColor(40, (byte)(v / 3), v));
+                    }
+                }
+                using SKData png = bitmap.Encode(SKEncodedImageFormat.Png, 100);
+                File.WriteAllBytes(Path.Combine(folder, label, $"{label}{i:D3}.png"), png.ToArray());
+            }
+        }
+        DatasetManifest manifest = await DatasetScanner.ScanFolderAsync(folder, null, CancellationToken.None);
+        await manifest.SaveAsync(store, CancellationToken.None);
+        return manifest;
+    }
+
+    public ValueTask DisposeAsync()
+    {
+        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+        try
+        {
+            Directory.Delete(Root, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+        return ValueTask.CompletedTask;
+    }
+}
