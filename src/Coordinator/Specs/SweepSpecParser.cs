@@ -560,10 +560,11 @@ internal sealed partial class SweepSpecParser
                 ArchitectureInfo architecture = ModelCatalog.Find(model);
                 if (architecture.Family != "resnet")
                 {
-                    int line = spec.Strategy.Lines[fineTuneTop] > 0 ? spec.Strategy.Lines[fineTuneTop] : spec.Model.Line;
+                    bool byDefault = spec.Strategy.Line == 0;
+                    int line = byDefault ? spec.Model.Line : spec.Strategy.Lines[fineTuneTop];
                     throw new SpecException(
-                        $"{_source} line {line}: strategy fine-tune-top needs a cutoff for model {model}: give cutoff, a layer of " +
-                        $"`coordinator models layers {model}` (only ResNets default to {SweepSpec.ResNetFineTuneTopCutoff})");
+                        $"{_source} line {line}: strategy fine-tune-top{(byDefault ? " (the default)" : "")} needs a cutoff for model {model}: " +
+                        $"give cutoff, a layer of `coordinator models layers {model}` (only ResNets default to {SweepSpec.ResNetFineTuneTopCutoff})");
                 }
             }
             return;

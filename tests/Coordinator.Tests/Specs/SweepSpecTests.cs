@@ -101,6 +101,8 @@ public sealed class SweepSpecTests
         string message = Error(Spec("model: vgg16", "weights: random", "strategy: [feature-extractor, fine-tune-top]"));
 
         message.ShouldStartWith("spec.yaml line 6: strategy fine-tune-top needs a cutoff for model vgg16");
+        Error(Spec("model: vgg16", "weights: random")).ShouldStartWith(
+            "spec.yaml line 4: strategy fine-tune-top (the default) needs a cutoff for model vgg16");
     }
 
     [Fact]
