@@ -58,7 +58,8 @@ internal sealed partial class SweepSpecParser
         Dictionary<string, Entry> top = Fields(root, parent: null, s_topFields);
         int rootLine = LineOf(root);
 
-        ReadScalar<string> model = ModelName;
+        ReadScalar<int> atLeastOne = Integer(1, int.MaxValue, "must be a whole number of at least 1");
+        ReadScalar<double> positive = Number(v => v > 0, "must be a positive number");
         SweepSpec spec = new()
         {
             Source = _source,
@@ -66,29 +67,29 @@ internal sealed partial class SweepSpecParser
             BaseDirectory = _baseDirectory,
             Name = ReadName(top, rootLine),
             Dataset = ReadDataset(top, rootLine),
-            Model = Field(top, "model", model, null, BuiltInModels.ResNet18ImageNet),
+            Model = Field(top, "model", ModelName, null, BuiltInModels.ResNet18ImageNet),
             Weights = Field(top, "weights", Weights, null, SpecWeights.Builtin),
             InputSize = OptionalField(top, "input_size", Integer(16, 1024, "must be a whole number of pixels from 16 to 1024"), AsNumber),
             Strategy = Field(top, "strategy", Name(SpecNames.Strategies), null, SpecNames.FineTuneTop),
             Cutoff = OptionalField(top, "cutoff", Text, null),
             Head = Field(top, "head", Name(SpecNames.Heads), null, "logistic"),
-            Lr = Field(top, "lr", Number(v => v > 0, "must be a positive number"), AsNumber, 0.001),
-            BackboneLrScale = OptionalField(top, "backbone_lr_scale", Number(v => v > 0, "must be a positive number"), AsNumber),
+            Lr = Field(top, "lr", positive, AsNumber, 0.001),
+            BackboneLrScale = OptionalField(top, "backbone_lr_scale", positive, AsNumber),
             Optimizer = ReadOptimizer(top),
             Schedule = Field(top, "schedule", Name(SpecNames.Schedules), null, "constant"),
-            Epochs = Field(top, "epochs", Integer(1, int.MaxValue, "must be a whole number of at least 1"), AsNumber, 6),
+            Epochs = Field(top, "epochs", atLeastOne, AsNumber, 6),
             BatchSize = Field(top, "batch_size", Integer(1, 4096, "must be a whole number from 1 to 4096"), AsNumber, 32),
             Augment = Field(top, "augment", Name(SpecNames.Augments), null, "none"),
             Precision = Field(top, "precision", Name(SpecNames.Precisions), null, "fp32"),
             Seed = Field(top, "seed", Seed, AsNumber, 0L),
-            Patience = OptionalField(top, "patience", Integer(1, int.MaxValue, "must be a whole number of at least 1"), AsNumber),
+            Patience = OptionalField(top, "patience", atLeastOne, AsNumber),
             HeadEpochs = Field(top, "head_epochs", Integer(0, int.MaxValue, "must be a whole number of 0 or more"), AsNumber, 3),
-            StepEpochs = Plain(top, "step_epochs", Integer(1, int.MaxValue, "must be a whole number of at least 1"), 10),
+            StepEpochs = Plain(top, "step_epochs", atLeastOne, 10),
             StepGamma = Plain(top, "step_gamma", Number(v => v is > 0 and <= 1, "must be a number in (0, 1]"), 0.1),
-            SegmentEpochs = Plain(top, "segment_epochs", Integer(1, int.MaxValue, "must be a whole number of at least 1"), 2),
+            SegmentEpochs = Plain(top, "segment_epochs", atLeastOne, 2),
             Search = ReadSearch(top),
             Metric = ReadMetric(top),
-            Parallelism = Plain(top, "parallelism", Integer(1, int.MaxValue, "must be a whole number of at least 1"), 1),
+            Parallelism = Plain(top, "parallelism", atLeastOne, 1),
             Budget = ReadBudget(top),
         };
         CheckWeights(spec);
