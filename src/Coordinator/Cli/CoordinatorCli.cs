@@ -92,6 +92,14 @@ public static class CoordinatorCli
                 .WithDescription("Top-k classes of images under a pretrained classifier (ImageNet names for 1000-class heads).")
                 .WithExample("predict", "--model", "resnet50", "--weights", "resnet50.pth", "elephant.jpg")
                 .WithExample("predict", "--checkpoint", "best.safetensors", "photos/", "--top", "5", "--format", "json");
+            c.AddBranch("sweep", sweep =>
+            {
+                sweep.SetDescription("Sweeps over models, strategies, cutoffs, heads and learning rates (DESIGN.md's spec).");
+                sweep.AddCommand<SweepRunCommand>("run")
+                    .WithDescription("Run a spec to completion (embedded by default) with a progress bar, then print its results; a spec whose every field has one value is one trial.")
+                    .WithExample("sweep", "run", "examples/fashion-one-trial.yaml")
+                    .WithExample("sweep", "run", "examples/feature-extractor-logistic.yaml", "--format", "json");
+            });
             c.AddBranch("storage", storage =>
             {
                 storage.SetDescription("The shared storage root.");

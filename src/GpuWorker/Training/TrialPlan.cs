@@ -63,8 +63,24 @@ public sealed record TrialPlan(
             _ => null,
         };
         int headEpochs = strategy == TrainingStrategy.FineTuneTop ? Math.Min(settings.HeadEpochs, settings.Epochs) : 0;
-        return new TrialPlan(strategy, architecture, head, optimizer, augmentation, cutoff, "avgpool", headEpochs);
+        return new TrialPlan(strategy, architecture, head, optimizer, augmentation, cutoff, HeadTapOf(architecture), headEpochs);
     }
+
+    /// <summary>
+    /// The input of the new head: the last step before the classifier (the global pool of the ResNets, Inception and
+    /// MobileNets; VGG's and AlexNet's last pool, flattened). fine-tune-top's first stage freezes everything up to it.
+    /// </summary>
+    public static string HeadTapOf(ArchitectureInfo architecture)
+    {
+        ArgumentNullException.ThrowIfNull(architecture);
+        return s_headTaps.GetOrAdd(architecture.Name, _ =>
+        {
+            using Backbone model = architecture.Build(new BackboneOptions(IncludeTop: true, NumClasses: 2));
+            return model.Steps.Last(s => !s.IsClassifier).Name;
+        });
+    }
+
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, string> s_headTaps = new(StringComparer.Ordinal);
 
     /// <summary>
     /// The model's preprocessing at the trial's input size (its own when the size is native).
