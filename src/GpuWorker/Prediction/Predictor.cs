@@ -30,12 +30,44 @@ public sealed class Predictor : IDisposable
     private readonly ImageDecoder _decoder = new();
 
     /// <summary>Prepares <paramref name="model"/> as a worker prepares its models: float32, channels-last, checked kernels.</summary>
-    private Predictor(ArchitectureInfo architecture, Backbone model, IReadOnlyList<string> classNames, KernelVerifier verifier)
+    private Predictor(ArchitectureInfo architecture, Backbone model, IReadOnlyList<string> classNames, KernelVerifier verifier, Preprocessing? preprocessing = null)
     {
         Architecture = architecture;
         ClassNames = classNames;
+        Preprocessing = preprocessing ?? architecture.Preprocessing;
         _output = model.Steps[^1].Name;
-        _model = InferenceModel.Prepare(model, "fp32", CPU, verifier, new KernelPlan(architecture.InputSize, [1], get_num_threads(), _output));
+        _model = InferenceModel.Prepare(model, "fp32", CPU, verifier, new KernelPlan(Preprocessing.InputSize, [1], get_num_threads(), _output));
+    }
+
+    /// <summary>How images are prepared: the architecture's own, or a trained model's (its input size).</summary>
+    public Preprocessing Preprocessing { get; }
+
+    /// <summary>
+    /// A trial's checkpoint (the trainer's layout: "model/…" tensors, and the JSON beside it with the architecture, input
+    /// size and class names): a fine-tuned network predicting the user's own classes.
+    /// </summary>
+    public static Predictor FromTrainingCheckpoint(string tensorsFile, IReadOnlyDictionary<string, string> state, KernelVerifier verifier)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        if (state.GetValueOrDefault("strategy") == "feature-extractor")
+        {
+            throw new ArgumentException($"{tensorsFile} holds a feature-extractor head ({state.GetValueOrDefault("head")}), not a network: predicting with a head on cached features is not built yet");
+        }
+        string architecture = state.GetValueOrDefault("architecture") ?? state.GetValueOrDefault("model")
+            ?? throw new WeightsFileException(tensorsFile, "the checkpoint's description names no architecture");
+        string[] names = JsonSerializer.Deserialize<string[]>(state.GetValueOrDefault("classes") ?? "null")
+            ?? throw new WeightsFileException(tensorsFile, "the checkpoint's description has no class names");
+        int inputSize = int.Parse(state.GetValueOrDefault("input_size") ?? "0", System.Globalization.CultureInfo.InvariantCulture);
+        ArchitectureInfo info = ModelCatalog.Find(architecture);
+        Backbone model = info.Build(new BackboneOptions(NumClasses: names.Length));
+        using (StateDict file = StateDictFile.Load(tensorsFile))
+        {
+            const string Prefix = "model/";
+            var weights = file.Where(p => p.Key.StartsWith(Prefix, StringComparison.Ordinal)).ToDictionary(p => p.Key[Prefix.Length..], p => p.Value, StringComparer.Ordinal);
+            WeightsLoader.Apply(model, weights, strict: true);
+        }
+        Preprocessing preprocessing = inputSize > 0 ? Training.TrialPlan.PreprocessingAt(info, inputSize) : info.Preprocessing;
+        return new Predictor(info, model, names, verifier, preprocessing);
     }
 
     public ArchitectureInfo Architecture { get; }
@@ -92,7 +124,7 @@ public sealed class Predictor : IDisposable
 
     public IReadOnlyList<ImagePrediction> Predict(IReadOnlyList<string> images, int top, int batchSize = 16)
     {
-        Preprocessing preprocessing = Architecture.Preprocessing;
+        Preprocessing preprocessing = Preprocessing;
         int length = ImageDecoder.ImageLength(preprocessing);
         int side = preprocessing.InputSize;
         var results = new ImagePrediction[images.Count];

@@ -126,7 +126,7 @@ public sealed class SegmentTrainer(
             Segment = job.Segment,
             Epoch = lastEpoch,
             Metric = state.LastValidationAccuracy,
-            State = state.ToDictionary(settings, job.Data),
+            State = state.ToDictionary(settings, job.Data, plan.Architecture.Name),
         }, tensors, ct);
         EpochRow? validation = rows.LastOrDefault(r => r.Split == "validation");
         return new SegmentOutcome(lastEpoch, validation?.Accuracy, validation?.Loss, testAccuracy, state.StoppedEarly,
@@ -172,6 +172,35 @@ public sealed class SegmentTrainer(
         segment.FailureReason = null;
         segment.CompletedAt = DateTime.UtcNow;
         await db.SaveChangesAsync();
+        WriteLearningCurves(job, outcome);
+    }
+
+    public static string TensorBoardFolder(Guid sweepId, Guid trialId) => $"tensorboard/{sweepId}/{trialId}";
+
+    /// <summary>
+    /// The epochs' metrics as TensorBoard scalars (`tensorboard --logdir STORAGE/tensorboard` shows every trial's curves).
+    /// Written after the database rows: the rows are the record, the event files a view of it, so a failure here is logged, not fatal.
+    /// </summary>
+    private void WriteLearningCurves(TrainSegment job, SegmentOutcome outcome)
+    {
+        try
+        {
+            using var writer = new Cluster.Storage.TensorBoard.TensorBoardWriter(store, TensorBoardFolder(job.SweepId, job.TrialId));
+            foreach (EpochRow row in outcome.Epochs)
+            {
+                writer.Scalar($"{row.Split}/loss", row.Epoch, row.Loss);
+                writer.Scalar($"{row.Split}/accuracy", row.Epoch, row.Accuracy);
+                writer.Scalar($"{row.Split}/images_per_second", row.Epoch, row.ImagesPerSecond);
+                if (row.LearningRate is double rate)
+                {
+                    writer.Scalar("learning_rate", row.Epoch, rate);
+                }
+            }
+        }
+        catch (IOException e)
+        {
+            logger.LogWarning(e, "TensorBoard events of trial {Trial} segment {Segment} not written", job.TrialId, job.Segment);
+        }
     }
 
     public async Task RecordFailureAsync(TrainSegment job, string reason)

@@ -63,13 +63,15 @@ public sealed class TrainingState
     }
 
     /// <summary>The checkpoint's state: this, and what a reader of the checkpoint alone needs (`predict --checkpoint`).</summary>
-    public IReadOnlyDictionary<string, string> ToDictionary(TrialSettings settings, TrialData data)
+    public IReadOnlyDictionary<string, string> ToDictionary(TrialSettings settings, TrialData data, string architecture)
     {
         ArgumentNullException.ThrowIfNull(settings);
         ArgumentNullException.ThrowIfNull(data);
         var state = new Dictionary<string, string>(StringComparer.Ordinal)
         {
             ["model"] = settings.Model,
+            // What was built: from-scratch on the imported ImageNet graph trains torchvision's layout of it.
+            ["architecture"] = architecture,
             ["strategy"] = settings.Strategy,
             ["input_size"] = settings.InputSize.ToString(CultureInfo.InvariantCulture),
             ["weights"] = settings.WeightsHash,

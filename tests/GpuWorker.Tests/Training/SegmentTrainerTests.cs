@@ -71,6 +71,10 @@ public sealed class SegmentTrainerTests(ITestOutputHelper output)
         metrics.Count(m => m.Split == "validation").ShouldBe(settings.Epochs);
         metrics.Count(m => m.Split == "test").ShouldBe(1);
         metrics.ShouldAllBe(m => m.ImagesPerSecond > 0 && m.Seconds > 0);
+        // The same curves as TensorBoard scalars under the storage root.
+        var scalars = Cluster.Storage.TensorBoard.TensorBoardWriter.ReadScalars(fixture.Store, SegmentTrainer.TensorBoardFolder(Guid.Empty, trial));
+        scalars.Where(s => s.Tag == "validation/accuracy").Select(s => s.Step).ShouldBe(Enumerable.Range(0, settings.Epochs).Select(e => (long)e));
+        scalars.Single(s => s.Tag == "test/accuracy").Value.ShouldBe(outcome.TestAccuracy.Value, 1e-6);
     }
 
     [Fact]

@@ -4,7 +4,10 @@ using Cluster.GpuWorker.Models;
 using Cluster.GpuWorker.Prediction;
 using Cluster.GpuWorker.Weights;
 using Cluster.Hosting;
+using Cluster.Storage.Checkpoints;
 using Cluster.Storage.Datasets;
+using Cluster.Storage.Files;
+using Microsoft.EntityFrameworkCore;
 using Spectre.Console;
 using Spectre.Console.Cli;
 using ValidationResult = Spectre.Console.ValidationResult;
@@ -25,8 +28,8 @@ public sealed class PredictSettings : GlobalSettings
     [Description("Its weights: safetensors, PyTorch .pt/.pth state_dict, or TorchSharp.")]
     public string? Weights { get; init; }
 
-    [CommandOption("--checkpoint <FILE>")]
-    [Description("A checkpoint written by this project (architecture and class names inside).")]
+    [CommandOption("--checkpoint <TRIAL|FILE>")]
+    [Description("A trained trial (its id: the best checkpoint it kept) or a checkpoint file written by this project (architecture, input size and class names inside).")]
     public string? Checkpoint { get; init; }
 
     [CommandOption("--top <K>")]
@@ -94,13 +97,40 @@ public sealed class PredictCommand : Command<PredictSettings>
         try
         {
             return settings.Checkpoint is not null
-                ? Predictor.FromCheckpoint(Require(settings.Checkpoint, "--checkpoint"), cli.KernelVerifier())
+                ? FromCheckpoint(settings.Checkpoint, cli)
                 : Predictor.FromArchitecture(settings.Model!, settings.Weights is null ? null : Require(settings.Weights, "--weights"), cli.KernelVerifier());
         }
         catch (Exception e) when (e is WeightsFileException or WeightsMismatchException or ArgumentException)
         {
             throw new ClusterConfigurationException(e.Message, e);
         }
+    }
+
+    /// <summary>
+    /// A trial id names the checkpoint the trial kept (its best); a file is either a trial's checkpoint (the JSON beside it
+    /// describes it) or a plain checkpoint with its description in the safetensors metadata.
+    /// </summary>
+    private static Predictor FromCheckpoint(string checkpoint, CliContext cli)
+    {
+        string file = checkpoint;
+        if (!File.Exists(checkpoint) && Guid.TryParse(checkpoint, out Guid trialId))
+        {
+            using var db = cli.Database.CreateDbContext();
+            var trial = db.Trials.AsNoTracking().SingleOrDefault(t => t.Id == trialId)
+                ?? throw new ClusterConfigurationException($"--checkpoint {checkpoint}: no such trial in {cli.Database.Describe()}.");
+            file = trial.Checkpoint is string path
+                ? new FileStore(cli.Settings.StorageRoot).Resolve(path)
+                : throw new ClusterConfigurationException($"--checkpoint {checkpoint}: the trial has no checkpoint (status {trial.Status.ToString().ToLowerInvariant()}).");
+        }
+        Require(file, "--checkpoint");
+        string description = Path.ChangeExtension(file, ".json");
+        if (File.Exists(description))
+        {
+            var info = System.Text.Json.JsonSerializer.Deserialize<CheckpointInfo>(File.ReadAllText(description), new System.Text.Json.JsonSerializerOptions(System.Text.Json.JsonSerializerDefaults.Web))
+                ?? throw new ClusterConfigurationException($"--checkpoint '{file}': {description} is empty.");
+            return Predictor.FromTrainingCheckpoint(file, info.State, cli.KernelVerifier());
+        }
+        return Predictor.FromCheckpoint(file, cli.KernelVerifier());
     }
 
     private static string Require(string file, string option) =>
