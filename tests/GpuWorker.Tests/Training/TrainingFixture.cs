@@ -8,7 +8,6 @@ using Cluster.Storage.Database;
 using Cluster.Storage.Datasets;
 using Cluster.Storage.Files;
 using Microsoft.Extensions.Logging.Abstractions;
-using SkiaSharp;
 
 namespace Cluster.GpuWorker.Tests.Training;
 
@@ -70,28 +69,7 @@ internal sealed class TrainingFixture : IAsyncDisposable
 
     private static async Task<DatasetManifest> WriteAndScanAsync(string folder, int perClass, int side, int seed, FileStore store)
     {
-        var random = new Random(seed);
-        foreach (string label in new[] { "horizontal", "vertical" })
-        {
-            Directory.CreateDirectory(Path.Combine(folder, label));
-            for (int i = 0; i < perClass; i++)
-            {
-                using var bitmap = new SKBitmap(side, side, SKColorType.Rgba8888, SKAlphaType.Opaque);
-                int phase = random.Next(8);
-                int shade = random.Next(60);
-                for (int y = 0; y < side; y++)
-                {
-                    for (int x = 0; x < side; x++)
-                    {
-                        bool on = ((label == "horizontal" ? y : x) + phase) / 4 % 2 == 0;
-                        byte v = (byte)(on ? 200 + shade / 2 : 40 + shade);
-                        bitmap.SetPixel(x, y, label == "horizontal" ? new SKColor(v, (byte)(v / 3), 40) : new SKColor(40, (byte)(v / 3), v));
-                    }
-                }
-                using SKData png = bitmap.Encode(SKEncodedImageFormat.Png, 100);
-                File.WriteAllBytes(Path.Combine(folder, label, $"{label}{i:D3}.png"), png.ToArray());
-            }
-        }
+        Cluster.TestSupport.Training.StripeImages.Write(folder, perClass, side, seed);
         DatasetManifest manifest = await DatasetScanner.ScanFolderAsync(folder, null, CancellationToken.None);
         await manifest.SaveAsync(store, CancellationToken.None);
         return manifest;
