@@ -66,7 +66,7 @@ public sealed class Predictor : IDisposable
             var weights = file.Where(p => p.Key.StartsWith(Prefix, StringComparison.Ordinal)).ToDictionary(p => p.Key[Prefix.Length..], p => p.Value, StringComparer.Ordinal);
             WeightsLoader.Apply(model, weights, strict: true);
         }
-        Preprocessing preprocessing = inputSize > 0 ? Training.TrialPlan.PreprocessingAt(info, inputSize) : info.Preprocessing;
+        Preprocessing preprocessing = inputSize > 0 ? info.Preprocessing.AtSize(inputSize) : info.Preprocessing;
         return new Predictor(info, model, names, verifier, preprocessing);
     }
 

@@ -48,7 +48,7 @@ public sealed record SegmentOutcome(
 /// uninterrupted one. The consumer runs it through <see cref="WorkerJobRunner"/>.
 /// </summary>
 public sealed class SegmentTrainer(
-    IDbContextFactory<ClusterDbContext> databases,
+    ClusterDbContextFactory databases,
     FileStore store,
     DatasetManifestCache manifests,
     KernelVerifier verifier,
@@ -79,7 +79,7 @@ public sealed class SegmentTrainer(
         {
             throw new ArgumentException($"segment {job.Segment} epochs [{job.EpochFrom}, {job.EpochTo}) are not within the trial's {settings.Epochs}");
         }
-        TrialSplits splits = await LoadSplitsAsync(job, ct);
+        using TrialSplits splits = await LoadSplitsAsync(job, plan, ct);
         string sweep = job.SweepId.ToString();
         string trial = job.TrialId.ToString();
         (LoadedCheckpoint? resume, IReadOnlyList<RejectedCheckpoint> rejected) = await _checkpoints.FindLatestGoodAsync(sweep, trial, ct, before: job.Segment);
@@ -260,10 +260,10 @@ public sealed class SegmentTrainer(
                     trainerStage = stage;
                 }
                 trainer!.ScaleLearningRates(schedule.Factor(epoch));
-                TrainingRows train = splits.For("train", stage, frozenTap);
+                TrainingRows train = await splits.ForAsync("train", stage, ct);
                 EpochMetrics trained = await TrainEpochAsync(trainer, train, settings, plan, generator, epoch, job, stage, progress, ct);
                 rows.Add(new EpochRow(epoch, "train", trained.Loss, trained.Accuracy, trained.ImagesPerSecond, trained.Seconds, trainer.LearningRate));
-                EpochMetrics validation = await EvaluateAsync(trainer, splits.For("validation", stage, frozenTap), settings.BatchSize, job, epoch, "validation", progress, ct);
+                EpochMetrics validation = await EvaluateAsync(trainer, await splits.ForAsync("validation", stage, ct), settings.BatchSize, job, epoch, "validation", progress, ct);
                 rows.Add(new EpochRow(epoch, "validation", validation.Loss, validation.Accuracy, validation.ImagesPerSecond, validation.Seconds));
                 state.EpochDone(epoch, stage, validation.Accuracy, settings.Patience);
                 logger.LogInformation("Trial {Trial} epoch {Epoch} ({Stage}): train loss {Loss:F4} accuracy {TrainAccuracy:P2}, validation accuracy {Accuracy:P2}, {Rate:F1} images/s",
@@ -273,7 +273,7 @@ public sealed class SegmentTrainer(
             if (last && splits.HasTest && trainer is not null)
             {
                 (string stage, string? frozenTap) = plan.StageOf(state.LastEpoch ?? job.EpochTo - 1);
-                EpochMetrics test = await EvaluateAsync(trainer, splits.For("test", stage, frozenTap), settings.BatchSize, job, state.LastEpoch ?? 0, "test", progress, ct);
+                EpochMetrics test = await EvaluateAsync(trainer, await splits.ForAsync("test", stage, ct), settings.BatchSize, job, state.LastEpoch ?? 0, "test", progress, ct);
                 rows.Add(new EpochRow(state.LastEpoch ?? 0, "test", test.Loss, test.Accuracy, test.ImagesPerSecond, test.Seconds));
                 testAccuracy = test.Accuracy;
             }
@@ -435,7 +435,7 @@ public sealed class SegmentTrainer(
 
     // ---- data ----
 
-    private async Task<TrialSplits> LoadSplitsAsync(TrainSegment job, CancellationToken ct)
+    private async Task<TrialSplits> LoadSplitsAsync(TrainSegment job, TrialPlan plan, CancellationToken ct)
     {
         TrialData data = job.Data;
         var classIndex = data.ClassNames.Select((name, i) => (name, i)).ToDictionary(p => p.name, p => p.i, StringComparer.Ordinal);
@@ -466,7 +466,7 @@ public sealed class SegmentTrainer(
         {
             throw new ArgumentException("the validation split is empty");
         }
-        return new TrialSplits(job, parts, classIndex);
+        return new TrialSplits(job, plan, parts, classIndex, (key, c) => Extraction.FeatureSetReader.LoadAsync(databases, store, key, c));
     }
 
     private static int[] LabelsOf(DatasetManifest dataset, IReadOnlyDictionary<string, int> classIndex) =>
@@ -474,16 +474,23 @@ public sealed class SegmentTrainer(
             ? label
             : throw new ArgumentException($"dataset {dataset.Id} has class '{e.Label}', which is not among the trial's {classIndex.Count} classes"))];
 
-    /// <summary>The splits of one trial, as images or cached activations at a tap, built on first use.</summary>
-    private sealed class TrialSplits(TrainSegment job, Dictionary<string, (DatasetManifest Dataset, int[] Positions)> parts, IReadOnlyDictionary<string, int> classIndex)
+    /// <summary>
+    /// The splits of one trial, as images or as activations cached at a stage's tap, each built on first use; a feature set
+    /// is loaded once for all the splits it serves. Training from the cache is exact (the frozen prefix in eval mode gives
+    /// the same activations every epoch), so it is used whenever the trial does not augment.
+    /// </summary>
+    private sealed class TrialSplits(
+        TrainSegment job, TrialPlan plan, Dictionary<string, (DatasetManifest Dataset, int[] Positions)> parts, IReadOnlyDictionary<string, int> classIndex,
+        Func<string, CancellationToken, Task<Extraction.CachedFeatures>> loadFeatures) : IDisposable
     {
         private readonly Dictionary<string, TrainingRows> _rows = new(StringComparer.Ordinal);
         private readonly Dictionary<string, ImageBatchPipeline> _pipelines = new(StringComparer.Ordinal);
+        private readonly Dictionary<string, Extraction.CachedFeatures> _features = new(StringComparer.Ordinal);
 
         public bool HasTest => parts.ContainsKey("test");
 
-        /// <summary>A split's rows for a stage: images when the trial augments or trains every layer, else the stage tap's cached activations.</summary>
-        public TrainingRows For(string split, string stage, string? frozenTap)
+        /// <summary>A split's rows for a stage: the stage tap's cached activations when the trial has them, else images.</summary>
+        public async Task<TrainingRows> ForAsync(string split, string stage, CancellationToken ct)
         {
             string key = $"{split}/{stage}";
             if (_rows.TryGetValue(key, out TrainingRows? rows))
@@ -492,21 +499,63 @@ public sealed class SegmentTrainer(
             }
             (DatasetManifest dataset, int[] positions) = parts[split];
             int[] labels = LabelsOf(dataset, classIndex);
-            int[] split_labels = [.. positions.Select(p => labels[p])];
-            rows = new ImageRows(Pipeline(dataset.Root), [.. positions.Select(p => dataset.Entries[p].Path)], split_labels);
+            IReadOnlyDictionary<string, string> cache = stage == "head" && plan.Strategy == TrainingStrategy.FineTuneTop ? job.Data.HeadFeatures : job.Data.CutoffFeatures;
+            if (plan.Augmentation == Augmentation.None && cache.TryGetValue(dataset.Id, out string? featureSet))
+            {
+                (Extraction.CachedFeatures features, long[] cachePositions, int[] cachedLabels) = await CachedAsync(featureSet, positions, labels, ct);
+                rows = new CachedRows(features, cachePositions, cachedLabels);
+            }
+            else if (plan.Strategy == TrainingStrategy.FeatureExtractor)
+            {
+                throw new ArgumentException($"feature-extractor trial has no cached features for dataset {dataset.Id}");
+            }
+            else
+            {
+                rows = new ImageRows(Pipeline(dataset.Root), [.. positions.Select(p => dataset.Entries[p].Path)], [.. positions.Select(p => labels[p])]);
+            }
             _rows[key] = rows;
             return rows;
         }
 
-        public Task<FeatureRows> HeadRowsAsync(string split, CancellationToken ct) =>
-            throw new NotSupportedException("feature-extractor trials need the feature cache reader");
+        /// <summary>A split as a head's feature rows (feature-extractor), from the cached features at the trial's tap.</summary>
+        public async Task<FeatureRows> HeadRowsAsync(string split, CancellationToken ct)
+        {
+            (DatasetManifest dataset, int[] positions) = parts[split];
+            string featureSet = job.Data.CutoffFeatures.TryGetValue(dataset.Id, out string? key)
+                ? key : throw new ArgumentException($"feature-extractor trial has no cached features for dataset {dataset.Id}");
+            (Extraction.CachedFeatures features, long[] cachePositions, int[] labels) = await CachedAsync(featureSet, positions, LabelsOf(dataset, classIndex), ct);
+            using Tensor values = features.Take(cachePositions);
+            int columns = (int)(values.numel() / Math.Max(1, values.shape[0]));
+            return new FeatureRows(values.reshape(values.shape[0], columns).data<float>().ToArray(), columns, labels);
+        }
+
+        /// <summary>The cache positions of a split's dataset rows (images the extraction skipped are left out) and their labels.</summary>
+        private async Task<(Extraction.CachedFeatures Features, long[] Positions, int[] Labels)> CachedAsync(string featureSet, int[] positions, int[] labels, CancellationToken ct)
+        {
+            if (!_features.TryGetValue(featureSet, out Extraction.CachedFeatures? features))
+            {
+                features = await loadFeatures(featureSet, ct);
+                _features[featureSet] = features;
+            }
+            var cachePositions = new List<long>(positions.Length);
+            var kept = new List<int>(positions.Length);
+            foreach (int row in positions)
+            {
+                int at = Array.BinarySearch(features.Rows, (long)row);
+                if (at >= 0)
+                {
+                    cachePositions.Add(at);
+                    kept.Add(labels[row]);
+                }
+            }
+            return (features, [.. cachePositions], [.. kept]);
+        }
 
         private ImageBatchPipeline Pipeline(string root)
         {
             if (!_pipelines.TryGetValue(root, out ImageBatchPipeline? pipeline))
             {
-                ArchitectureInfo architecture = ModelCatalog.Find(job.Settings.Model);
-                pipeline = new ImageBatchPipeline(TrialPlan.PreprocessingAt(architecture, job.Settings.InputSize), new ImagePipelineOptions
+                pipeline = new ImageBatchPipeline(plan.Architecture.Preprocessing.AtSize(job.Settings.InputSize), new ImagePipelineOptions
                 {
                     BatchSize = job.Settings.BatchSize,
                     MaxBuffers = 4,
@@ -515,6 +564,14 @@ public sealed class SegmentTrainer(
                 _pipelines[root] = pipeline;
             }
             return pipeline;
+        }
+
+        public void Dispose()
+        {
+            foreach (Extraction.CachedFeatures features in _features.Values)
+            {
+                features.Dispose();
+            }
         }
     }
 

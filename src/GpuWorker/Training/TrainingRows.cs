@@ -66,22 +66,24 @@ public sealed class ImageRows(ImageBatchPipeline pipeline, IReadOnlyList<string>
     }
 }
 
-/// <summary>Activations cached at a tap (rows in dataset order), with a label per row.</summary>
-public sealed class CachedRows(Func<Tensor, Tensor> take, int count, IReadOnlyList<int> labels) : TrainingRows
+/// <summary>
+/// Activations cached at a tap: row i of the split is row <c>cachePositions[i]</c> of <paramref name="features"/>, with
+/// label <c>labels[i]</c>. Batches come out as float32 whatever the stored dtype (bf16 or fp16 halve the memory only).
+/// </summary>
+public sealed class CachedRows(Extraction.CachedFeatures features, long[] cachePositions, IReadOnlyList<int> labels) : TrainingRows
 {
-    public override int Count => count;
+    public override int Count => cachePositions.Length;
 
     public override bool AreImages => false;
 
     public override async IAsyncEnumerable<TrainingBatch> BatchesAsync(int[]? order, int batchSize, [EnumeratorCancellation] CancellationToken ct)
     {
-        int[] positions = order ?? [.. Enumerable.Range(0, count)];
+        int[] positions = order ?? [.. Enumerable.Range(0, Count)];
         for (int start = 0; start < positions.Length; start += batchSize)
         {
             ct.ThrowIfCancellationRequested();
             int[] slice = positions[start..Math.Min(positions.Length, start + batchSize)];
-            using Tensor index = tensor(slice.Select(p => (long)p).ToArray(), ScalarType.Int64);
-            Tensor input = take(index);
+            Tensor input = features.Take([.. slice.Select(p => cachePositions[p])]);
             yield return new TrainingBatch(input, tensor(slice.Select(p => (long)labels[p]).ToArray(), ScalarType.Int64));
         }
         await Task.CompletedTask;

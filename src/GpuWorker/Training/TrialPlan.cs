@@ -81,21 +81,4 @@ public sealed record TrialPlan(
     }
 
     private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, string> s_headTaps = new(StringComparer.Ordinal);
-
-    /// <summary>
-    /// The model's preprocessing at the trial's input size (its own when the size is native).
-    /// </summary>
-    public static Preprocessing PreprocessingAt(ArchitectureInfo architecture, int inputSize)
-    {
-        ArgumentNullException.ThrowIfNull(architecture);
-        if (inputSize == architecture.InputSize)
-        {
-            return architecture.Preprocessing;
-        }
-        if (architecture.Preprocessing.MeanImage is null)
-        {
-            return Preprocessing.ImageNet(inputSize);
-        }
-        throw new ArgumentException($"input size {inputSize}: {architecture.Name} runs at {architecture.InputSize} only for now");
-    }
 }
