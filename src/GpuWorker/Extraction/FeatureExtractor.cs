@@ -30,8 +30,9 @@ internal sealed record WrittenShard(ExtractFeatures Job, string Path, string Sha
 
 /// <summary>
 /// Extracts one shard: decodes its images in parallel (overlapping the forward pass), runs the backbone to the
-/// tap, pools, writes `features/&lt;key&gt;/shard-NNNNN.safetensors` (features [n, ...] float32, rows [n] int64)
-/// atomically with its sha256, and records the shard and its skipped images in one database write.
+/// tap, pools, writes `features/&lt;key&gt;/shard-NNNNN.safetensors` (features [n, ...] in the job's storage dtype,
+/// float32 by default; rows [n] int64) atomically with its sha256, and records the shard and its skipped images in one
+/// database write.
 /// </summary>
 public sealed class FeatureExtractor(
     FileStore store,
@@ -68,13 +69,16 @@ public sealed class FeatureExtractor(
             throw new ArgumentException($"rows [{job.RowStart}, {job.RowStart + job.RowCount}) are outside dataset {job.DatasetId} ({manifest.Entries.Count} images)");
         }
         ArchitectureInfo architecture = ModelCatalog.Find(job.Model);
-        // Checked for this shard's batch sizes on the lanes' threads; a batch shortened by skipped images is checked when it comes.
-        var plan = new KernelPlan(architecture.InputSize, KernelPlan.BatchSizesFor(job.RowCount, job.BatchSize), lanes.Layout.ThreadsPerLane, job.Layer);
+        FeatureStorageDtype storage = FeatureStorageDtype.Parse(job.StorageDtype);
+        Preprocessing preprocessing = PreprocessingFor(architecture, job.InputSize);
+        int side = preprocessing.InputSize;
+        // Checked for this shard's batch sizes (at the input size it will run) on the lanes' threads; a batch
+        // shortened by skipped images is checked when it comes.
+        var plan = new KernelPlan(side, KernelPlan.BatchSizesFor(job.RowCount, job.BatchSize), lanes.Layout.ThreadsPerLane, job.Layer);
         InferenceModel model = models.Get(new ModelRequest(job.Model, job.WeightsPath, job.WeightsHash, job.Precision), plan);
         string[] paths = manifest.Entries.Skip((int)job.RowStart).Take(job.RowCount).Select(e => e.Path).ToArray();
 
-        ImageBatchPipeline pipeline = PipelineFor(architecture.Preprocessing, job.BatchSize, manifest.Root);
-        int side = architecture.InputSize;
+        ImageBatchPipeline pipeline = PipelineFor(preprocessing, job.BatchSize, manifest.Root);
         var skipped = new List<SkippedRow>();
         var output = new ShardFeatures(job.RowStart, job.RowCount);
         var forwards = new List<Task>();
@@ -123,8 +127,8 @@ public sealed class FeatureExtractor(
         {
             Safetensors.Write(stream,
             [
-                new SafetensorsTensor("features", SafetensorsDtype.F32, [rows.Length, .. featureShape],
-                    MemoryMarshal.AsBytes(features.AsSpan(0, rows.Length * featureLength)).ToArray()),
+                new SafetensorsTensor("features", storage.Safetensors, [rows.Length, .. featureShape],
+                    storage.Encode(features.AsSpan(0, rows.Length * featureLength))),
                 new SafetensorsTensor("rows", SafetensorsDtype.I64, [rows.Length], MemoryMarshal.AsBytes(rows.AsSpan()).ToArray()),
             ],
             new Dictionary<string, string>
@@ -134,11 +138,25 @@ public sealed class FeatureExtractor(
                 ["model"] = job.Model,
                 ["layer"] = job.Layer,
                 ["pooling"] = job.Pooling,
+                ["preprocessing"] = preprocessing.Name,
+                ["input_size"] = side.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                ["dtype"] = storage.RecordName,
             });
             return Task.CompletedTask;
         }, cancellationToken);
         double seconds = clock.Elapsed.TotalSeconds;
         return new ShardOutcome(rows.Length, skipped.Count, seconds, AlreadyRecorded: false) { Written = new WrittenShard(job, path, sha256, skipped) };
+    }
+
+    /// <summary>The architecture's preprocessing at the job's input size (its own when the job names none).</summary>
+    public static Preprocessing PreprocessingFor(ArchitectureInfo architecture, int? inputSize)
+    {
+        ArgumentNullException.ThrowIfNull(architecture);
+        if (inputSize is < 16 or > 1024)
+        {
+            throw new ArgumentException($"input size {inputSize} is outside 16..1024", nameof(inputSize));
+        }
+        return inputSize is int size ? architecture.Preprocessing.AtSize(size) : architecture.Preprocessing;
     }
 
     /// <summary>
@@ -157,7 +175,9 @@ public sealed class FeatureExtractor(
         };
         lock (_pipelineGate)
         {
-            if (_pipeline is null || _pipeline.Preprocessing != preprocessing || _pipeline.Options != options)
+            // Compared by name, which identifies the values: AtSize builds a new (equal) preprocessing for every shard,
+            // and a record holding arrays compares them by reference.
+            if (_pipeline is null || _pipeline.Preprocessing.Name != preprocessing.Name || _pipeline.Options != options)
             {
                 _pipeline = new ImageBatchPipeline(preprocessing, options);
             }
