@@ -123,29 +123,38 @@ public sealed class FeatureExtractor(
         int featureLength = (int)featureShape.Aggregate(1L, (a, b) => a * b);
 
         string path = ShardPath(job.FeatureSetKey, job.ShardIndex);
+        var metadata = new Dictionary<string, string>
+        {
+            ["feature_set"] = job.FeatureSetKey,
+            ["shard"] = job.ShardIndex.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["model"] = job.Model,
+            ["layer"] = job.Layer,
+            ["pooling"] = job.Pooling,
+            ["preprocessing"] = preprocessing.Name,
+            ["input_size"] = side.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["dtype"] = storage.RecordName,
+        };
         string sha256 = await store.WriteWithSha256Async(path, (stream, ct) =>
         {
-            Safetensors.Write(stream,
-            [
-                new SafetensorsTensor("features", storage.Safetensors, [rows.Length, .. featureShape],
-                    storage.Encode(features.AsSpan(0, rows.Length * featureLength))),
-                new SafetensorsTensor("rows", SafetensorsDtype.I64, [rows.Length], MemoryMarshal.AsBytes(rows.AsSpan()).ToArray()),
-            ],
-            new Dictionary<string, string>
-            {
-                ["feature_set"] = job.FeatureSetKey,
-                ["shard"] = job.ShardIndex.ToString(System.Globalization.CultureInfo.InvariantCulture),
-                ["model"] = job.Model,
-                ["layer"] = job.Layer,
-                ["pooling"] = job.Pooling,
-                ["preprocessing"] = preprocessing.Name,
-                ["input_size"] = side.ToString(System.Globalization.CultureInfo.InvariantCulture),
-                ["dtype"] = storage.RecordName,
-            });
+            WriteShard(stream, storage, features.AsMemory(0, rows.Length * featureLength), rows, featureShape, metadata);
             return Task.CompletedTask;
         }, cancellationToken);
         double seconds = clock.Elapsed.TotalSeconds;
         return new ShardOutcome(rows.Length, skipped.Count, seconds, AlreadyRecorded: false) { Written = new WrittenShard(job, path, sha256, skipped) };
+    }
+
+    /// <summary>
+    /// A shard file: "features" [rows, ..featureShape] in <paramref name="storage"/>'s dtype (rounded once, here, from
+    /// the float32 features) and "rows" [rows] int64, the dataset row of each. What <see cref="FeatureSetReader"/> reads.
+    /// </summary>
+    internal static void WriteShard(
+        Stream stream, FeatureStorageDtype storage, ReadOnlyMemory<float> features, long[] rows, long[] featureShape, IReadOnlyDictionary<string, string> metadata)
+    {
+        Safetensors.Write(stream,
+        [
+            new SafetensorsTensor("features", storage.Safetensors, [rows.Length, .. featureShape], storage.Encode(features.Span)),
+            new SafetensorsTensor("rows", SafetensorsDtype.I64, [rows.Length], MemoryMarshal.AsBytes(rows.AsSpan()).ToArray()),
+        ], metadata);
     }
 
     /// <summary>The architecture's preprocessing at the job's input size (its own when the job names none).</summary>

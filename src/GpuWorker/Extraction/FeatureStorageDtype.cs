@@ -66,6 +66,10 @@ public sealed class FeatureStorageDtype
     /// </summary>
     public byte[] Encode(ReadOnlySpan<float> values)
     {
+        if (Safetensors == SafetensorsDtype.F32 && BitConverter.IsLittleEndian)
+        {
+            return System.Runtime.InteropServices.MemoryMarshal.AsBytes(values).ToArray();
+        }
         var bytes = new byte[(long)values.Length * BytesPerValue];
         Span<byte> target = bytes;
         for (int i = 0; i < values.Length; i++)
