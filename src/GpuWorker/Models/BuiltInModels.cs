@@ -171,7 +171,7 @@ public static class BuiltInModels
     /// global average pool, but at any other input size it is not (at 64, layer4 is 2×2 and the pool cannot run; at
     /// 256 it would give 2×2 outputs). It is replaced by GlobalAveragePool, which computes the same mean at 224 (the
     /// window covers the whole map, so count_include_pad does not matter) and the global mean at every other size, so
-    /// the network runs on any input of 32 pixels or more (layer4 is then at least 1×1). The node is checked to be
+    /// the network runs at any input size from 16 pixels (layer4 is then 1×1). The node is checked to be
     /// exactly that pool before it is replaced, so a different file is refused rather than changed.
     /// </summary>
     private static void MakeFinalPoolGlobal(ModelProto model, string path)

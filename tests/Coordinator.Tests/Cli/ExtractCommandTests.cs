@@ -31,6 +31,19 @@ public sealed class ExtractCommandTests : IDisposable
     }
 
     [Fact]
+    public async Task An_input_size_the_network_shrinks_to_nothing_is_one_line_and_exit_code_2()
+    {
+        string images = Path.Combine(_folder, "images", "a");
+        Directory.CreateDirectory(images);
+
+        (int exitCode, string _, string error) = await InProcessCli.RunAsync("extract", "--embedded", "--storage", Path.Combine(_folder, "storage"),
+            "--dataset", Path.GetDirectoryName(images)!, "--model", "alexnet", "--input-size", "16");
+
+        exitCode.ShouldBe(2, error);
+        error.Split('\n', StringSplitOptions.RemoveEmptyEntries).ShouldHaveSingleItem().ShouldContain("--input-size 16 is too small for alexnet: ");
+    }
+
+    [Fact]
     public async Task Resnet18_imagenet_at_64_stored_in_bf16_is_recorded_as_such_and_exports_as_float32()
     {
         string images = Path.Combine(_folder, "images");
