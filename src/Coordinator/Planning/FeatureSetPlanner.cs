@@ -127,7 +127,8 @@ public sealed class FeatureSetPlanner(ClusterDbContextFactory databases, FileSto
             pooling = set.Pooling,
             preprocessing = set.Preprocessing,
             precision = request.Precision,
-            inputSize = request.InputSize,
+            // The size the images were decoded at, the architecture's own when the request named none.
+            inputSize = request.InputSize ?? Cluster.GpuWorker.Models.ModelCatalog.Find(set.Model).InputSize,
             dataset = set.DatasetId,
             dtype = set.Dtype,
             shape = shape.Split('x').Select(long.Parse).ToArray(),

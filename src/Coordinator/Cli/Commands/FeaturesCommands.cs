@@ -34,6 +34,7 @@ public sealed class FeaturesListCommand : AsyncCommand<GlobalSettings>
             dataset = s.DatasetId,
             status = s.Status.ToString().ToLowerInvariant(),
             shape = s.Shape,
+            dtype = s.Dtype,
             images = s.ImageCount,
             extracted = s.ExtractedCount,
             shards = s.ShardCount,
@@ -46,10 +47,10 @@ public sealed class FeaturesListCommand : AsyncCommand<GlobalSettings>
                 AnsiConsole.MarkupLine("[yellow]No feature sets yet.[/] `coordinator extract --dataset DIR` makes one.");
                 return;
             }
-            var table = new Table().Border(TableBorder.Rounded).AddColumns("key", "status", "model", "layer", "pool", "shape", "images", "shards", "created");
+            var table = new Table().Border(TableBorder.Rounded).AddColumns("key", "status", "model", "layer", "pool", "shape", "dtype", "images", "shards", "created");
             foreach (var r in rows)
             {
-                table.AddRow(r.key, r.status, r.model, r.layer, r.pooling, r.shape, $"{r.extracted}/{r.images}", r.shards.ToString(CultureInfo.InvariantCulture),
+                table.AddRow(r.key, r.status, r.model, r.layer, r.pooling, r.shape, r.dtype, $"{r.extracted}/{r.images}", r.shards.ToString(CultureInfo.InvariantCulture),
                     r.createdAt.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture));
             }
             AnsiConsole.Write(table);
