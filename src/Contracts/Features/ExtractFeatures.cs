@@ -33,4 +33,13 @@ public sealed record ExtractFeatures
     public required string Precision { get; init; }
 
     public int BatchSize { get; init; } = 32;
+
+    /// <summary>The square input side the images are resized and cropped to; null for the architecture's native size.</summary>
+    public int? InputSize { get; init; }
+
+    /// <summary>
+    /// How the shard's features are stored: "fp32", or "bf16" / "fp16" (half the bytes, rounded to nearest even from the
+    /// float32 features). Independent of <see cref="Precision"/>, which is how they are computed.
+    /// </summary>
+    public string StorageDtype { get; init; } = "fp32";
 }

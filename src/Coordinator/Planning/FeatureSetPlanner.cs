@@ -1,5 +1,6 @@
 using System.Text.Json;
 using Cluster.Contracts.Features;
+using Cluster.GpuWorker.Extraction;
 using Cluster.Storage.Database;
 using Cluster.Storage.Database.Entities;
 using Cluster.Storage.Datasets;
@@ -9,6 +10,9 @@ using Microsoft.EntityFrameworkCore;
 namespace Cluster.Coordinator.Planning;
 
 /// <summary>What a user asks for: the features of a dataset at one tap of one model.</summary>
+/// <param name="Preprocessing">The name of the preprocessing at <paramref name="InputSize"/> (it says the size, so the key does).</param>
+/// <param name="InputSize">The square input side; null for the architecture's native size.</param>
+/// <param name="StorageDtype">fp32, bf16 or fp16: how the shards store the features.</param>
 public sealed record ExtractionRequest(
     DatasetManifest Dataset,
     string Model,
@@ -19,9 +23,11 @@ public sealed record ExtractionRequest(
     string WeightsHash,
     string? WeightsPath,
     int ShardSize,
-    int BatchSize)
+    int BatchSize,
+    int? InputSize = null,
+    string StorageDtype = "fp32")
 {
-    public FrozenPrefixKey Key => new(Model, WeightsHash, Layer, Pooling, Preprocessing, Precision, Dataset.Id);
+    public FrozenPrefixKey Key => new(Model, WeightsHash, Layer, Pooling, Preprocessing, Precision, Dataset.Id, StorageDtype);
 }
 
 /// <summary>The feature set, and the shard jobs still to send (none when it is complete: the cache answered).</summary>
@@ -81,6 +87,8 @@ public sealed class FeatureSetPlanner(ClusterDbContextFactory databases, FileSto
                 Pooling = request.Pooling,
                 Precision = request.Precision,
                 BatchSize = request.BatchSize,
+                InputSize = request.InputSize,
+                StorageDtype = request.StorageDtype,
             });
         }
         return new ExtractionPlan(set, jobs);
@@ -119,13 +127,15 @@ public sealed class FeatureSetPlanner(ClusterDbContextFactory databases, FileSto
             pooling = set.Pooling,
             preprocessing = set.Preprocessing,
             precision = request.Precision,
+            // The size the images were decoded at, the architecture's own when the request named none.
+            inputSize = request.InputSize ?? Cluster.GpuWorker.Models.ModelCatalog.Find(set.Model).InputSize,
             dataset = set.DatasetId,
             dtype = set.Dtype,
             shape = shape.Split('x').Select(long.Parse).ToArray(),
             images = set.ImageCount,
             extracted = set.ExtractedCount,
             shards = shards.Select(s => new { index = s.Index, path = s.Path, sha256 = s.Sha256, rowStart = s.RowStart, rowCount = s.RowCount, images = s.ImageCount, skipped = s.SkippedCount }),
-            format = "safetensors: 'features' [n, ...] float32 and 'rows' [n] int64 (row ids in datasets/<dataset>/manifest.tsv order)",
+            format = $"safetensors: 'features' [n, ...] {set.Dtype} and 'rows' [n] int64 (row ids in datasets/<dataset>/manifest.tsv order)",
         };
         await store.WriteAllBytesAsync(ManifestPath(key), JsonSerializer.SerializeToUtf8Bytes(manifest, new JsonSerializerOptions { WriteIndented = true }), cancellationToken);
         return set;
@@ -199,7 +209,7 @@ public sealed class FeatureSetPlanner(ClusterDbContextFactory databases, FileSto
                 Pooling = request.Pooling,
                 Preprocessing = request.Preprocessing,
                 DatasetId = request.Dataset.Id,
-                Dtype = "float32",
+                Dtype = FeatureStorageDtype.Parse(request.StorageDtype).RecordName,
                 Shape = "",
                 Status = FeatureSetStatus.Extracting,
                 ShardSize = request.ShardSize,

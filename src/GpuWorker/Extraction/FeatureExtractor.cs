@@ -30,8 +30,9 @@ internal sealed record WrittenShard(ExtractFeatures Job, string Path, string Sha
 
 /// <summary>
 /// Extracts one shard: decodes its images in parallel (overlapping the forward pass), runs the backbone to the
-/// tap, pools, writes `features/&lt;key&gt;/shard-NNNNN.safetensors` (features [n, ...] float32, rows [n] int64)
-/// atomically with its sha256, and records the shard and its skipped images in one database write.
+/// tap, pools, writes `features/&lt;key&gt;/shard-NNNNN.safetensors` (features [n, ...] in the job's storage dtype,
+/// float32 by default; rows [n] int64) atomically with its sha256, and records the shard and its skipped images in one
+/// database write.
 /// </summary>
 public sealed class FeatureExtractor(
     FileStore store,
@@ -68,13 +69,16 @@ public sealed class FeatureExtractor(
             throw new ArgumentException($"rows [{job.RowStart}, {job.RowStart + job.RowCount}) are outside dataset {job.DatasetId} ({manifest.Entries.Count} images)");
         }
         ArchitectureInfo architecture = ModelCatalog.Find(job.Model);
-        // Checked for this shard's batch sizes on the lanes' threads; a batch shortened by skipped images is checked when it comes.
-        var plan = new KernelPlan(architecture.InputSize, KernelPlan.BatchSizesFor(job.RowCount, job.BatchSize), lanes.Layout.ThreadsPerLane, job.Layer);
+        FeatureStorageDtype storage = FeatureStorageDtype.Parse(job.StorageDtype);
+        Preprocessing preprocessing = PreprocessingFor(architecture, job.InputSize);
+        int side = preprocessing.InputSize;
+        // Checked for this shard's batch sizes (at the input size it will run) on the lanes' threads; a batch
+        // shortened by skipped images is checked when it comes.
+        var plan = new KernelPlan(side, KernelPlan.BatchSizesFor(job.RowCount, job.BatchSize), lanes.Layout.ThreadsPerLane, job.Layer);
         InferenceModel model = models.Get(new ModelRequest(job.Model, job.WeightsPath, job.WeightsHash, job.Precision), plan);
         string[] paths = manifest.Entries.Skip((int)job.RowStart).Take(job.RowCount).Select(e => e.Path).ToArray();
 
-        ImageBatchPipeline pipeline = PipelineFor(architecture.Preprocessing, job.BatchSize, manifest.Root);
-        int side = architecture.InputSize;
+        ImageBatchPipeline pipeline = PipelineFor(preprocessing, job.BatchSize, manifest.Root);
         var skipped = new List<SkippedRow>();
         var output = new ShardFeatures(job.RowStart, job.RowCount);
         var forwards = new List<Task>();
@@ -119,26 +123,49 @@ public sealed class FeatureExtractor(
         int featureLength = (int)featureShape.Aggregate(1L, (a, b) => a * b);
 
         string path = ShardPath(job.FeatureSetKey, job.ShardIndex);
+        var metadata = new Dictionary<string, string>
+        {
+            ["feature_set"] = job.FeatureSetKey,
+            ["shard"] = job.ShardIndex.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["model"] = job.Model,
+            ["layer"] = job.Layer,
+            ["pooling"] = job.Pooling,
+            ["preprocessing"] = preprocessing.Name,
+            ["input_size"] = side.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["dtype"] = storage.RecordName,
+        };
         string sha256 = await store.WriteWithSha256Async(path, (stream, ct) =>
         {
-            Safetensors.Write(stream,
-            [
-                new SafetensorsTensor("features", SafetensorsDtype.F32, [rows.Length, .. featureShape],
-                    MemoryMarshal.AsBytes(features.AsSpan(0, rows.Length * featureLength)).ToArray()),
-                new SafetensorsTensor("rows", SafetensorsDtype.I64, [rows.Length], MemoryMarshal.AsBytes(rows.AsSpan()).ToArray()),
-            ],
-            new Dictionary<string, string>
-            {
-                ["feature_set"] = job.FeatureSetKey,
-                ["shard"] = job.ShardIndex.ToString(System.Globalization.CultureInfo.InvariantCulture),
-                ["model"] = job.Model,
-                ["layer"] = job.Layer,
-                ["pooling"] = job.Pooling,
-            });
+            WriteShard(stream, storage, features.AsMemory(0, rows.Length * featureLength), rows, featureShape, metadata);
             return Task.CompletedTask;
         }, cancellationToken);
         double seconds = clock.Elapsed.TotalSeconds;
         return new ShardOutcome(rows.Length, skipped.Count, seconds, AlreadyRecorded: false) { Written = new WrittenShard(job, path, sha256, skipped) };
+    }
+
+    /// <summary>
+    /// A shard file: "features" [rows, ..featureShape] in <paramref name="storage"/>'s dtype (rounded once, here, from
+    /// the float32 features) and "rows" [rows] int64, the dataset row of each. What <see cref="FeatureSetReader"/> reads.
+    /// </summary>
+    internal static void WriteShard(
+        Stream stream, FeatureStorageDtype storage, ReadOnlyMemory<float> features, long[] rows, long[] featureShape, IReadOnlyDictionary<string, string> metadata)
+    {
+        Safetensors.Write(stream,
+        [
+            new SafetensorsTensor("features", storage.Safetensors, [rows.Length, .. featureShape], storage.Encode(features.Span)),
+            new SafetensorsTensor("rows", SafetensorsDtype.I64, [rows.Length], MemoryMarshal.AsBytes(rows.AsSpan()).ToArray()),
+        ], metadata);
+    }
+
+    /// <summary>The architecture's preprocessing at the job's input size (its own when the job names none).</summary>
+    public static Preprocessing PreprocessingFor(ArchitectureInfo architecture, int? inputSize)
+    {
+        ArgumentNullException.ThrowIfNull(architecture);
+        if (inputSize is < 16 or > 1024)
+        {
+            throw new ArgumentException($"input size {inputSize} is outside 16..1024", nameof(inputSize));
+        }
+        return inputSize is int size ? architecture.Preprocessing.AtSize(size) : architecture.Preprocessing;
     }
 
     /// <summary>
@@ -157,7 +184,9 @@ public sealed class FeatureExtractor(
         };
         lock (_pipelineGate)
         {
-            if (_pipeline is null || _pipeline.Preprocessing != preprocessing || _pipeline.Options != options)
+            // Compared by name, which identifies the values: AtSize builds a new (equal) preprocessing for every shard,
+            // and a record holding arrays compares them by reference.
+            if (_pipeline is null || _pipeline.Preprocessing.Name != preprocessing.Name || _pipeline.Options != options)
             {
                 _pipeline = new ImageBatchPipeline(preprocessing, options);
             }

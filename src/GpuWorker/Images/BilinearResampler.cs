@@ -99,6 +99,68 @@ internal sealed class BilinearResampler
     }
 
     /// <summary>
+    /// The same antialiased bilinear resize on float planes (C × <paramref name="sourceHeight"/> × <paramref name="sourceWidth"/>,
+    /// row-major) to C × <paramref name="height"/> × <paramref name="width"/>, with the same filter (a triangle widened by
+    /// the reduction factor when shrinking, so every source pixel contributes) but weights and sums in double instead of
+    /// Pillow's 8-bit fixed point: for values that are not bytes, such as a model's mean image.
+    /// </summary>
+    public static float[] ResizePlanes(ReadOnlySpan<float> source, int channels, int sourceHeight, int sourceWidth, int height, int width)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(channels, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(sourceHeight, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(sourceWidth, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(height, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(width, 1);
+        if (source.Length != (long)channels * sourceHeight * sourceWidth)
+        {
+            throw new ArgumentException($"{source.Length} values are not {channels}x{sourceHeight}x{sourceWidth}.", nameof(source));
+        }
+
+        var (columnBounds, columnWeights, columnTaps) = FilterWeights(sourceWidth, width);
+        var (rowBounds, rowWeights, rowTaps) = FilterWeights(sourceHeight, height);
+        var result = new float[channels * height * width];
+        // Horizontal pass kept in double, so the vertical pass adds no rounding of its own.
+        var rows = new double[sourceHeight * width];
+        for (var c = 0; c < channels; c++)
+        {
+            var plane = source.Slice(c * sourceHeight * sourceWidth, sourceHeight * sourceWidth);
+            for (var y = 0; y < sourceHeight; y++)
+            {
+                var from = plane.Slice(y * sourceWidth, sourceWidth);
+                for (var x = 0; x < width; x++)
+                {
+                    var first = columnBounds[2 * x];
+                    var sum = 0.0;
+                    for (var t = 0; t < columnBounds[(2 * x) + 1]; t++)
+                    {
+                        sum += from[first + t] * columnWeights[(x * columnTaps) + t];
+                    }
+
+                    rows[(y * width) + x] = sum;
+                }
+            }
+
+            var to = result.AsSpan(c * height * width, height * width);
+            for (var y = 0; y < height; y++)
+            {
+                var first = rowBounds[2 * y];
+                for (var x = 0; x < width; x++)
+                {
+                    var sum = 0.0;
+                    for (var t = 0; t < rowBounds[(2 * y) + 1]; t++)
+                    {
+                        sum += rows[((first + t) * width) + x] * rowWeights[(y * rowTaps) + t];
+                    }
+
+                    to[(y * width) + x] = (float)sum;
+                }
+            }
+        }
+
+        return result;
+    }
+
+    /// <summary>
     /// Pillow's precompute_coeffs and normalize_coeffs_8bpc for outputs [<paramref name="first"/>, first + count) of
     /// an <paramref name="inSize"/> → <paramref name="outSize"/> resize: per output, the first input and the number
     /// of taps in <paramref name="bounds"/>, the fixed-point weights in <paramref name="weights"/>. Returns the
@@ -106,10 +168,7 @@ internal sealed class BilinearResampler
     /// </summary>
     private static int Coefficients(int inSize, int outSize, int first, int count, ref int[] bounds, ref int[] weights)
     {
-        var scale = (double)inSize / outSize;
-        var filterScale = Math.Max(scale, 1.0);
-        var support = filterScale;
-        var taps = ((int)Math.Ceiling(support) * 2) + 1;
+        var taps = TapCount(inSize, outSize);
         if (bounds.Length < 2 * count)
         {
             bounds = new int[2 * count];
@@ -120,24 +179,13 @@ internal sealed class BilinearResampler
             weights = new int[taps * count];
         }
 
-        // Multiplied by the reciprocal, not divided, as Pillow does: a last-bit difference can change a rounded weight.
-        var reciprocal = 1.0 / filterScale;
         Span<double> k = stackalloc double[taps];
         for (var i = 0; i < count; i++)
         {
-            var center = (first + i + 0.5) * scale;
-            var min = Math.Max((int)(center - support + 0.5), 0);
-            var n = Math.Min((int)(center + support + 0.5), inSize) - min;
-            var sum = 0.0;
-            for (var t = 0; t < n; t++)
-            {
-                k[t] = Triangle((t + min - center + 0.5) * reciprocal);
-                sum += k[t];
-            }
-
+            var (min, n) = Filter(inSize, outSize, first + i, k);
             for (var t = 0; t < taps; t++)
             {
-                var w = t < n && sum != 0.0 ? k[t] / sum : 0.0;
+                var w = t < n ? k[t] : 0.0;
                 weights[(i * taps) + t] = (int)(w < 0 ? -0.5 + (w * (1 << PrecisionBits)) : 0.5 + (w * (1 << PrecisionBits)));
             }
 
@@ -146,6 +194,51 @@ internal sealed class BilinearResampler
         }
 
         return taps;
+    }
+
+    /// <summary>The normalised (not fixed-point) weights of every output of an <paramref name="inSize"/> → <paramref name="outSize"/> resize.</summary>
+    private static (int[] Bounds, double[] Weights, int Taps) FilterWeights(int inSize, int outSize)
+    {
+        var taps = TapCount(inSize, outSize);
+        var bounds = new int[2 * outSize];
+        var weights = new double[taps * outSize];
+        for (var i = 0; i < outSize; i++)
+        {
+            (bounds[2 * i], bounds[(2 * i) + 1]) = Filter(inSize, outSize, i, weights.AsSpan(i * taps, taps));
+        }
+
+        return (bounds, weights, taps);
+    }
+
+    private static int TapCount(int inSize, int outSize) => ((int)Math.Ceiling(Math.Max((double)inSize / outSize, 1.0)) * 2) + 1;
+
+    /// <summary>
+    /// Output <paramref name="output"/>'s first input and tap count, and its weights (summing to 1) in <paramref name="k"/>:
+    /// a triangle filter centred on the output pixel, widened by the reduction factor when shrinking (the antialiasing).
+    /// </summary>
+    private static (int Min, int Count) Filter(int inSize, int outSize, int output, Span<double> k)
+    {
+        var scale = (double)inSize / outSize;
+        var filterScale = Math.Max(scale, 1.0);
+        var support = filterScale;
+        // Multiplied by the reciprocal, not divided, as Pillow does: a last-bit difference can change a rounded weight.
+        var reciprocal = 1.0 / filterScale;
+        var center = (output + 0.5) * scale;
+        var min = Math.Max((int)(center - support + 0.5), 0);
+        var n = Math.Min((int)(center + support + 0.5), inSize) - min;
+        var sum = 0.0;
+        for (var t = 0; t < n; t++)
+        {
+            k[t] = Triangle((t + min - center + 0.5) * reciprocal);
+            sum += k[t];
+        }
+
+        for (var t = 0; t < n; t++)
+        {
+            k[t] = sum != 0.0 ? k[t] / sum : 0.0;
+        }
+
+        return (min, n);
     }
 
     private static double Triangle(double x)

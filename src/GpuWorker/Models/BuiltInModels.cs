@@ -77,7 +77,10 @@ public static class BuiltInModels
     {
         string folder = ModelFolder(name, modelsDirectory);
         Preprocessing preprocessing = LoadPreprocessing(name, modelsDirectory);
-        OnnxGraphModule network = OnnxImporter.Import(Path.Combine(folder, ResNet18File));
+        string networkPath = Path.Combine(folder, ResNet18File);
+        ModelProto graph = OnnxImporter.ReadModel(networkPath);
+        MakeFinalPoolGlobal(graph, networkPath);
+        OnnxGraphModule network = OnnxImporter.Import(graph, networkPath);
         try
         {
             string? missing = s_resNet18Taps.Select(t => t.ValueName).FirstOrDefault(v => !network.ValueNames.Contains(v));
@@ -161,6 +164,30 @@ public static class BuiltInModels
             Mean: [0f, 0f, 0f],
             Std: [1f, 1f, 1f],
             MeanImage: meanImage);
+    }
+
+    /// <summary>
+    /// The file ends in a 7×7 AveragePool (stride 1, no padding) over layer4's 7×7 map at 224: at that size it is the
+    /// global average pool, but at any other input size it is not (at 64, layer4 is 2×2 and the pool cannot run; at
+    /// 256 it would give 2×2 outputs). It is replaced by GlobalAveragePool, which computes the same mean at 224 (the
+    /// window covers the whole map, so count_include_pad does not matter) and the global mean at every other size, so
+    /// the network runs at any input size from 16 pixels (layer4 is then 1×1). The node is checked to be
+    /// exactly that pool before it is replaced, so a different file is refused rather than changed.
+    /// </summary>
+    private static void MakeFinalPoolGlobal(ModelProto model, string path)
+    {
+        string poolValue = s_resNet18Taps[^1].ValueName;
+        NodeProto? pool = model.Graph?.Node.FirstOrDefault(n => n.Output.Contains(poolValue));
+        long[] Ints(string name) => pool?.Attribute.FirstOrDefault(a => a.Name == name)?.Ints.ToArray() ?? [];
+        string autoPad = pool?.Attribute.FirstOrDefault(a => a.Name == "auto_pad")?.S.ToStringUtf8() ?? "NOTSET";
+        if (pool is not { OpType: "AveragePool" } || !Ints("kernel_shape").SequenceEqual([7L, 7L])
+            || Ints("strides").Any(s => s != 1) || Ints("pads").Any(p => p != 0) || autoPad != "NOTSET")
+        {
+            throw new OnnxImportException(
+                $"{Path.GetFileName(path)}: '{poolValue}' is not the 7x7 stride-1 unpadded AveragePool over layer4; this is not the ResNet-18 file {ResNet18ImageNet} was written for.");
+        }
+        pool.OpType = "GlobalAveragePool";
+        pool.Attribute.Clear();
     }
 
     private static long AxisOf(NodeProto node) => node.Attribute.FirstOrDefault(a => a.Name == "axis")?.I ?? 0;

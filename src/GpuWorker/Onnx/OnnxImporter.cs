@@ -18,6 +18,12 @@ public static class OnnxImporter
         return Build(model, path);
     }
 
+    /// <summary>
+    /// Builds a model already read (and possibly adjusted) by the caller; <paramref name="path"/> names it in messages.
+    /// The same checks as <see cref="Import(string)"/>.
+    /// </summary>
+    internal static OnnxGraphModule Import(ModelProto model, string path) => Build(model, path);
+
     /// <summary>The file's protobuf, or an <see cref="OnnxImportException"/> naming the file when it cannot be read.</summary>
     internal static ModelProto ReadModel(string path)
     {

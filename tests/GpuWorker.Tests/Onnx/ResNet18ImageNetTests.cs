@@ -141,7 +141,8 @@ public sealed class ResNet18ImageNetTests : IClassFixture<ResNet18ImageNetFixtur
             ["Relu"] = 19,
             ["Add"] = 9,
             ["MaxPool"] = 1,
-            ["AveragePool"] = 1,
+            // The file's 7x7 AveragePool, loaded as the global pool it is at 224 (so other input sizes run too).
+            ["GlobalAveragePool"] = 1,
         }, ignoreOrder: true);
         network.InputName.ShouldBe("Input247");
         network.InputShape.ShouldBe([1L, 3L, 224L, 224L]);
@@ -150,6 +151,25 @@ public sealed class ResNet18ImageNetTests : IClassFixture<ResNet18ImageNetFixtur
         network.ValueNames.Count.ShouldBe(74);
         network.ValueNames[^1].ShouldBe(network.OutputName);
         _fixture.Model.Taps.Select(t => t.Name).ShouldBe(["maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"]);
+    }
+
+    [Theory]
+    [InlineData(16)]
+    [InlineData(64)]
+    [InlineData(256)]
+    public void The_network_runs_at_other_input_sizes_and_pools_globally(int size)
+    {
+        // The file's 7x7 pool would fail below 224 (layer4 is 2x2 at 64) and give 2x2 outputs at 256.
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        Tensor image = randn(2, 3, size, size);
+
+        Tensor pooled = _fixture.Model.Network.forward(image);
+        Tensor layer4 = _fixture.Model.Network.Forward(image, "ReLU393_Output_0");
+
+        pooled.shape.ShouldBe([2L, 512, 1, 1]);
+        float difference = (pooled - layer4.mean([2, 3], keepdim: true)).abs().max().item<float>();
+        difference.ShouldBeLessThan(1e-5f);
     }
 
     [Fact]

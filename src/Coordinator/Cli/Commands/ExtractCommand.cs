@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Security.Cryptography;
 using Cluster.Coordinator.Planning;
+using Cluster.GpuWorker.Extraction;
 using Cluster.GpuWorker.Models;
 using Cluster.GpuWorker.Weights;
 using Cluster.Hosting;
@@ -53,6 +54,15 @@ public sealed class ExtractSettings : GlobalSettings
     [DefaultValue("fp32")]
     public string Precision { get; init; } = "fp32";
 
+    [CommandOption("--input-size <N>")]
+    [Description("Square input side in pixels (16..1024), e.g. 64 for small images; default: the model's native size. The mean image or resize adapts.")]
+    public int? InputSize { get; init; }
+
+    [CommandOption("--storage-dtype <DTYPE>")]
+    [Description("How the features are stored: fp32, or bf16 / fp16 (half the size on disk and in memory for training).")]
+    [DefaultValue("fp32")]
+    public string StorageDtype { get; init; } = "fp32";
+
     [CommandOption("--shard-size <N>")]
     [Description("Images per shard (one job per shard).")]
     [DefaultValue(1000)]
@@ -80,6 +90,14 @@ public sealed class ExtractSettings : GlobalSettings
         if (Precision is not ("fp32" or "bf16"))
         {
             return ValidationResult.Error($"--precision '{Precision}' is not one of: fp32, bf16.");
+        }
+        if (InputSize is < 16 or > 1024)
+        {
+            return ValidationResult.Error($"--input-size {InputSize} must be within 16..1024.");
+        }
+        if (!FeatureStorageDtype.TryParse(StorageDtype, out _))
+        {
+            return ValidationResult.Error($"--storage-dtype '{StorageDtype}' is not one of: {string.Join(", ", FeatureStorageDtype.All.Select(d => d.Name))}.");
         }
         if (ShardSize is < 1 or > 1_000_000)
         {
@@ -110,13 +128,16 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
             throw new ClusterConfigurationException($"--dataset '{settings.Dataset}' is not a folder.");
         }
         ArchitectureInfo architecture = ModelCatalog.Find(settings.Model);
+        // The name of the preprocessing at the requested size goes into the key: 64 and 224 are different sets.
+        Preprocessing preprocessing = FeatureExtractor.PreprocessingFor(architecture, settings.InputSize);
+        FeatureStorageDtype storage = FeatureStorageDtype.Parse(settings.StorageDtype);
         string layer;
         string? weightsSha256;
         // One model, built here only to check the request before anything is sent: the layer, the shard size and
         // the --weights file are wrong now, with a clear message, rather than on every worker later.
         using (Backbone model = architecture.Build())
         {
-            layer = CanonicalLayer(model, architecture, settings.Layer ?? architecture.DefaultTap, settings);
+            layer = CanonicalLayer(model, preprocessing.InputSize, settings.Layer ?? architecture.DefaultTap, settings);
             weightsSha256 = await CheckWeightsAsync(settings, architecture, model, cancellationToken);
         }
         await cli.RequireBrokerAsync(cancellationToken);
@@ -125,15 +146,15 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
         (string weightsHash, string? weightsPath) = await StageWeightsAsync(settings, architecture, weightsSha256, store, cancellationToken);
 
         DatasetManifest dataset = await ScanAsync(settings, store, cancellationToken);
-        var request = new ExtractionRequest(dataset, architecture.Name, layer, settings.Pool, architecture.Preprocessing.Name,
-            settings.Precision, weightsHash, weightsPath, settings.ShardSize, settings.BatchSize);
+        var request = new ExtractionRequest(dataset, architecture.Name, layer, settings.Pool, preprocessing.Name,
+            settings.Precision, weightsHash, weightsPath, settings.ShardSize, settings.BatchSize, settings.InputSize, storage.Name);
         var planner = new FeatureSetPlanner(cli.Database, store);
         var clock = Stopwatch.StartNew();
         ExtractionPlan plan = await planner.PlanAsync(request, cancellationToken);
         string key = plan.FeatureSet.Key;
         if (plan.IsCached)
         {
-            await ReportAsync(settings, cli, planner, request, plan.FeatureSet, cached: true, clock.Elapsed, cancellationToken);
+            await ReportAsync(settings, cli, preprocessing, request, plan.FeatureSet, cached: true, clock.Elapsed, cancellationToken);
             return 0;
         }
 
@@ -165,7 +186,7 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
                 return 1;
             }
             FeatureSetRecord set = await planner.CompleteAsync(request, key, cancellationToken);
-            await ReportAsync(settings, cli, planner, request, set, cached: false, extraction.Elapsed, cancellationToken);
+            await ReportAsync(settings, cli, preprocessing, request, set, cached: false, extraction.Elapsed, cancellationToken);
             return 0;
         }
         finally
@@ -176,12 +197,23 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
 
     /// <summary>
     /// The step name a tap or alias designates, so that `block5_pool` and `features.36` share a cache key; and a
-    /// check that one shard's features fit in memory (a worker holds a whole shard before writing it).
+    /// check that the model runs at the input size and that one shard's features fit in memory (a worker holds a whole
+    /// shard in float32 before writing it, whatever the storage dtype).
     /// </summary>
-    private static string CanonicalLayer(Backbone model, ArchitectureInfo architecture, string tap, ExtractSettings settings)
+    private static string CanonicalLayer(Backbone model, int inputSize, string tap, ExtractSettings settings)
     {
         int step = model.ResolveTap(tap);
-        long[] shape = model.TraceShapes(architecture.InputSize)[step].Shape;
+        long[] shape;
+        try
+        {
+            shape = model.TraceShapes(inputSize)[step].Shape;
+        }
+        catch (Exception e) when (settings.InputSize is not null && e is InvalidOperationException or System.Runtime.InteropServices.ExternalException)
+        {
+            // A network's strided layers shrink small inputs to nothing: say which size, not libtorch's shape arithmetic.
+            throw new ClusterConfigurationException(
+                $"--input-size {inputSize} is too small for {settings.Model}: {e.Message.Split('\n')[0]}", e);
+        }
         long floats = settings.Pool == "avg" ? shape[0] : shape.Aggregate(1L, (a, b) => a * b);
         long shardBytes = floats * 4 * settings.ShardSize;
         const long MaxShardBytes = 1L << 30;
@@ -310,7 +342,7 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
     }
 
     private static async Task ReportAsync(
-        ExtractSettings settings, CliContext cli, FeatureSetPlanner planner, ExtractionRequest request, FeatureSetRecord set, bool cached,
+        ExtractSettings settings, CliContext cli, Preprocessing preprocessing, ExtractionRequest request, FeatureSetRecord set, bool cached,
         TimeSpan elapsed, CancellationToken cancellationToken)
     {
         List<SkippedImageRecord> skipped;
@@ -331,6 +363,9 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
             layer = set.Layer,
             pooling = set.Pooling,
             precision = request.Precision,
+            preprocessing = set.Preprocessing,
+            inputSize = preprocessing.InputSize,
+            dtype = set.Dtype,
             dataset = set.DatasetId,
             shape = set.Shape,
             images = set.ImageCount,
@@ -346,7 +381,8 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
                 ("key", set.Key),
                 ("path", path),
                 ("model", $"{set.Model} at {set.Layer}, pool {set.Pooling}, {request.Precision}"),
-                ("features", $"{set.ExtractedCount} x [{set.Shape.Replace("x", ", ", StringComparison.Ordinal)}] float32"),
+                ("features", $"{set.ExtractedCount} x [{set.Shape.Replace("x", ", ", StringComparison.Ordinal)}] {set.Dtype}"),
+                ("input", $"{preprocessing.InputSize}x{preprocessing.InputSize} ({set.Preprocessing})"),
                 ("images", $"{set.ImageCount} in {set.ShardCount} shard(s), {allSkipped.Count} skipped"),
                 ("time", cached ? $"{seconds:F1} s (nothing to compute)" : $"{seconds:F1} s, {set.ImageCount / Math.Max(seconds, 1e-3):F1} images/s"),
             ]));

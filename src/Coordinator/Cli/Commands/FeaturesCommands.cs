@@ -1,6 +1,7 @@
 using System.ComponentModel;
 using System.Globalization;
 using System.Text;
+using Cluster.GpuWorker.Extraction;
 using Cluster.Hosting;
 using Cluster.Storage.Database;
 using Cluster.Storage.Database.Entities;
@@ -33,6 +34,7 @@ public sealed class FeaturesListCommand : AsyncCommand<GlobalSettings>
             dataset = s.DatasetId,
             status = s.Status.ToString().ToLowerInvariant(),
             shape = s.Shape,
+            dtype = s.Dtype,
             images = s.ImageCount,
             extracted = s.ExtractedCount,
             shards = s.ShardCount,
@@ -45,10 +47,10 @@ public sealed class FeaturesListCommand : AsyncCommand<GlobalSettings>
                 AnsiConsole.MarkupLine("[yellow]No feature sets yet.[/] `coordinator extract --dataset DIR` makes one.");
                 return;
             }
-            var table = new Table().Border(TableBorder.Rounded).AddColumns("key", "status", "model", "layer", "pool", "shape", "images", "shards", "created");
+            var table = new Table().Border(TableBorder.Rounded).AddColumns("key", "status", "model", "layer", "pool", "shape", "dtype", "images", "shards", "created");
             foreach (var r in rows)
             {
-                table.AddRow(r.key, r.status, r.model, r.layer, r.pooling, r.shape, $"{r.extracted}/{r.images}", r.shards.ToString(CultureInfo.InvariantCulture),
+                table.AddRow(r.key, r.status, r.model, r.layer, r.pooling, r.shape, r.dtype, $"{r.extracted}/{r.images}", r.shards.ToString(CultureInfo.InvariantCulture),
                     r.createdAt.ToString("yyyy-MM-dd HH:mm", CultureInfo.InvariantCulture));
             }
             AnsiConsole.Write(table);
@@ -64,7 +66,7 @@ public sealed class FeaturesExportSettings : GlobalSettings
     public string Key { get; init; } = "";
 
     [CommandOption("--npy <OUT>")]
-    [Description("Write all features as one .npy file [n, ...] float32, in dataset row order.")]
+    [Description("Write all features as one .npy file [n, ...] float32 (bf16 and fp16 sets are widened, exactly), in dataset row order.")]
     public string Npy { get; init; } = "";
 
     [CommandOption("--rows <OUT>")]
@@ -118,13 +120,31 @@ public sealed class FeaturesExportCommand : AsyncCommand<FeaturesExportSettings>
             {
                 await using Stream stream = store.OpenRead(shard.Path);
                 using var reader = new SafetensorsReader(stream, shard.Path);
-                features.Write(reader.ReadTensorBytes("features"));
+                features.Write(AsFloat32(reader, shard.Path));
                 rows?.Write(reader.ReadTensorBytes("rows"));
             }
         }
         CliOutput.Write(settings, new { key = set.Key, npy = Path.GetFullPath(settings.Npy), rows = settings.Rows is null ? null : Path.GetFullPath(settings.Rows), shape = (long[])[total, .. rowShape] }, () =>
             Console.Out.WriteLine($"Wrote {settings.Npy}: float32 [{total}, {string.Join(", ", rowShape)}]{(settings.Rows is null ? "" : $"; row ids in {settings.Rows}")}"));
         return 0;
+    }
+
+    /// <summary>
+    /// A shard's features as float32 bytes. bf16 and fp16 sets are widened rather than written with their own descr:
+    /// numpy has no bfloat16 type (only the ml_dtypes package adds one), and one float32 .npy reads everywhere.
+    /// </summary>
+    private static byte[] AsFloat32(SafetensorsReader reader, string path)
+    {
+        SafetensorsTensorInfo info = reader.GetTensor("features");
+        byte[] stored = reader.ReadTensorBytes("features");
+        FeatureStorageDtype dtype = FeatureStorageDtype.FromSafetensors(info.Dtype, path);
+        if (dtype == FeatureStorageDtype.Fp32)
+        {
+            return stored;
+        }
+        var widened = new float[info.ElementCount];
+        dtype.Decode(stored, widened);
+        return System.Runtime.InteropServices.MemoryMarshal.AsBytes(widened.AsSpan()).ToArray();
     }
 
     /// <summary>The .npy v1.0 header: magic, version, little-endian length, a Python dict literal padded to 64 bytes.</summary>
