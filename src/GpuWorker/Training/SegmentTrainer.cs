@@ -62,7 +62,7 @@ public sealed class SegmentTrainer(
 
     public async Task<SegmentOutcome?> FindRecordedAsync(TrainSegment job, CancellationToken ct)
     {
-        await using ClusterDbContext db = await databases.CreateDbContextAsync(ct);
+        await using ClusterDbContext db = databases.CreateDbContext();
         SegmentRecord? done = await db.Segments.AsNoTracking()
             .SingleOrDefaultAsync(s => s.TrialId == job.TrialId && s.Index == job.Segment && s.Status == SegmentStatus.Completed, ct);
         return done is null ? null : new SegmentOutcome(done.LastEpoch ?? job.EpochTo - 1, done.ValidationAccuracy, null, done.TestAccuracy,
@@ -136,7 +136,7 @@ public sealed class SegmentTrainer(
     /// <summary>Writes the segment's row and its epochs' metric rows in one transaction (a redelivery replaces the rows of epochs trained again).</summary>
     public async Task RecordAsync(TrainSegment job, SegmentOutcome outcome)
     {
-        await using ClusterDbContext db = await databases.CreateDbContextAsync(CancellationToken.None);
+        await using ClusterDbContext db = databases.CreateDbContext();
         int[] epochs = [.. outcome.Epochs.Select(r => r.Epoch).Distinct()];
         List<EpochMetricRecord> old = await db.EpochMetrics.Where(m => m.TrialId == job.TrialId && epochs.Contains(m.Epoch)).ToListAsync();
         db.EpochMetrics.RemoveRange(old);
@@ -205,7 +205,7 @@ public sealed class SegmentTrainer(
 
     public async Task RecordFailureAsync(TrainSegment job, string reason)
     {
-        await using ClusterDbContext db = await databases.CreateDbContextAsync(CancellationToken.None);
+        await using ClusterDbContext db = databases.CreateDbContext();
         SegmentRecord? segment = await db.Segments.SingleOrDefaultAsync(s => s.TrialId == job.TrialId && s.Index == job.Segment);
         if (segment is null)
         {
@@ -584,6 +584,16 @@ public sealed class SegmentTrainer(
         // Seeded: the new head's initial weights (and from-scratch's every weight) are the same for the same seed.
         torch.random.manual_seed(settings.Seed);
         Backbone model = architecture.Build(options);
+        if (plan.Strategy != TrainingStrategy.FromScratch && settings.Weights == "random")
+        {
+            // "random:SEED" weights are what the extractor builds (seeded, with the architecture's own head): the same
+            // draws here, so a prefix trained on cached activations pairs with the weights that computed them.
+            torch.random.manual_seed(long.Parse(settings.WeightsHash["random:".Length..], CultureInfo.InvariantCulture));
+            using Backbone reference = architecture.Build();
+            var classifier = new HashSet<string>(model.Steps.Where(s => s.IsClassifier).Select(s => s.Name), StringComparer.Ordinal);
+            Dictionary<string, Tensor> prefix = reference.state_dict().Where(p => !classifier.Contains(p.Key.Split('.')[0])).ToDictionary(p => p.Key, p => p.Value, StringComparer.Ordinal);
+            WeightsLoader.Apply(model, prefix, strict: false);
+        }
         if (plan.Strategy != TrainingStrategy.FromScratch && settings.Weights is not ("builtin" or "random"))
         {
             using StateDict weights = StateDictFile.Load(store.Resolve(settings.Weights));

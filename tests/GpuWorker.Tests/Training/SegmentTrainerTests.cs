@@ -5,6 +5,7 @@ using Cluster.Storage.Database;
 using Cluster.Storage.Database.Entities;
 using Microsoft.EntityFrameworkCore;
 using Shouldly;
+using TorchSharp;
 using Xunit.Abstractions;
 
 namespace Cluster.GpuWorker.Tests.Training;
@@ -128,6 +129,42 @@ public sealed class SegmentTrainerTests(ITestOutputHelper output)
         List<EpochMetricRecord> a = await MetricsAsync(fixture, whole);
         List<EpochMetricRecord> b = await MetricsAsync(fixture, trial);
         b.Select(m => (m.Epoch, m.Split, Math.Round(m.Loss, 9))).ShouldBe(a.Select(m => (m.Epoch, m.Split, Math.Round(m.Loss, 9))));
+    }
+
+    [Fact]
+    public async Task Fine_tune_top_trains_the_head_alone_first_then_the_top_and_never_the_frozen_prefix()
+    {
+        await using TrainingFixture fixture = await TrainingFixture.CreateAsync(perClass: 8);
+        TrialSettings settings = Settings("fine-tune-top", epochs: 2, cutoff: "layer3", augment: "flip", optimizer: "sgd", lr: 0.01);
+        TrialData data = fixture.Data(test: false);
+        var trial = Guid.NewGuid();
+        SegmentTrainer trainer = fixture.NewTrainer();
+        await RunAsync(fixture, trainer, TrainingFixture.Segment(trial, settings, data, 0, 0, 1));
+        await RunAsync(fixture, trainer, TrainingFixture.Segment(trial, settings, data, 1, 1, 2));
+
+        // The weights every stage started from: the extractor's seeded random ones (random:0).
+        torch.random.manual_seed(0);
+        using var initial = GpuWorker.Models.ModelCatalog.Find("resnet18").Build();
+        var start = initial.state_dict().ToDictionary(p => p.Key, p => p.Value);
+        var store = new CheckpointStore(fixture.Store);
+        (LoadedCheckpoint? afterHead, _) = await store.TryLoadAsync(Guid.Empty.ToString(), trial.ToString(), 0, CancellationToken.None);
+        (LoadedCheckpoint? afterTop, _) = await store.TryLoadAsync(Guid.Empty.ToString(), trial.ToString(), 1, CancellationToken.None);
+        bool Same(LoadedCheckpoint checkpoint, string key)
+        {
+            using var saved = SegmentTrainer.FromCheckpoint(checkpoint.Tensor($"model/{key}"));
+            return saved.shape.SequenceEqual(start[key].shape) && saved.eq(start[key]).all().item<bool>();
+        }
+        afterHead!.Info.State["stage"].ShouldBe("head");
+        afterTop!.Info.State["stage"].ShouldBe("top");
+        // Frozen up to layer3, bit for bit (weights and batch-norm statistics), through both stages.
+        foreach (string key in start.Keys.Where(k => !k.StartsWith("layer4", StringComparison.Ordinal) && !k.StartsWith("fc", StringComparison.Ordinal)))
+        {
+            Same(afterTop, key).ShouldBeTrue(key);
+        }
+        // Stage 1 trained the head alone: layer4 untouched; stage 2 unfroze it.
+        Same(afterHead, "layer4.1.conv2.weight").ShouldBeTrue();
+        Same(afterHead, "layer4.1.bn2.running_mean").ShouldBeTrue();
+        Same(afterTop, "layer4.1.conv2.weight").ShouldBeFalse();
     }
 
     [Fact]

@@ -75,8 +75,9 @@ public sealed class SweepRunCommand : AsyncCommand<SweepRunSettings>
             foreach (FeatureNeed need in TrialPlanner.FeatureNeeds(choice, datasets))
             {
                 features[need] = await FeatureSetRunner.EnsureAsync(host, cli, store, new ExtractionRequest(
-                    need.Dataset, choice.Model, CanonicalLayer(architecture, need.Layer), need.Pooling, architecture.Preprocessing.Name, "fp32",
-                    weightsHash, weights is "builtin" or "random" ? null : weights, 1000, choice.BatchSize), settings.Format == OutputFormat.Table, cancellationToken);
+                    need.Dataset, choice.Model, CanonicalLayer(architecture, need.Layer), need.Pooling, architecture.Preprocessing.AtSize(choice.InputSize).Name, "fp32",
+                    weightsHash, weights is "builtin" or "random" ? null : weights, 1000, choice.BatchSize,
+                    InputSize: choice.InputSize == architecture.InputSize ? null : choice.InputSize), settings.Format == OutputFormat.Table, cancellationToken);
             }
             PlannedTrial trial = TrialPlanner.Plan(spec, choice, datasets, weights, weightsHash, trialId, 0, features);
             ISendEndpoint coordinator = await host.Services.GetRequiredService<ISendEndpointProvider>().GetSendEndpoint(new Uri($"queue:{QueueNames.Coordinator}"));
