@@ -385,7 +385,10 @@ public sealed class SegmentTrainer(
         var clock = Stopwatch.StartNew();
         FeatureRows train = await splits.HeadRowsAsync("train", ct);
         FeatureRows validation = await splits.HeadRowsAsync("validation", ct);
-        var headSettings = new HeadSettings { Epochs = settings.Epochs, BatchSize = settings.BatchSize, LearningRate = settings.Lr, WeightDecay = settings.WeightDecay, Seed = settings.Seed };
+        // The spec's epochs are the mlp's (the reference's top model trains for epochs); sdca keeps its own passes (30 by
+        // default: a handful leaves it far from converged), logistic and knn have none.
+        var defaults = new HeadSettings();
+        var headSettings = new HeadSettings { Epochs = plan.Head == HeadKind.Mlp ? settings.Epochs : defaults.Epochs, BatchSize = settings.BatchSize, LearningRate = settings.Lr, WeightDecay = settings.WeightDecay, Seed = settings.Seed };
         using FeatureHead head = FeatureHead.Train(plan.Head!.Value, train, job.Data.ClassNames.Count, headSettings);
         double trainSeconds = clock.Elapsed.TotalSeconds;
         (double trainLoss, double trainAccuracy) = Score(head, train);

@@ -86,6 +86,36 @@ public sealed class SweepRunCommandTests : IDisposable
     }
 
     [Theory]
+    [InlineData("feature-extractor", "head: logistic")]
+    [InlineData("feature-extractor", "head: mlp")]
+    [InlineData("feature-extractor", "head: knn")]
+    [InlineData("feature-extractor", "head: sdca")]
+    [InlineData("fine-tune-top", "cutoff: layer3")]
+    public async Task Strategies_on_the_feature_cache_extract_once_and_learn_the_problem(string strategy, string extra)
+    {
+        StripeImages.Write(Path.Combine(_root, "train"), perClass: 24);
+        StripeImages.Write(Path.Combine(_root, "test"), perClass: 8, seed: 99);
+        string spec = WriteSpec(Spec(strategy, extra: extra + "\nhead_epochs: 1"));
+
+        (int exitCode, string output, string error) = await RunAsync("sweep", "run", spec, "--format", "json");
+
+        exitCode.ShouldBe(0, error);
+        using JsonDocument json = JsonDocument.Parse(output);
+        JsonElement trial = json.RootElement.GetProperty("trials").EnumerateArray().Single();
+        trial.GetProperty("status").GetString().ShouldBe("completed", output);
+        trial.GetProperty("test_accuracy").GetDouble().ShouldBeGreaterThanOrEqualTo(0.8, $"{strategy} {extra}: chance is 0.5");
+        // The frozen prefix ran once per dataset and tap, in the extraction; training read the cache.
+        string[] sets = Directory.GetDirectories(Path.Combine(Storage, "features"));
+        sets.Length.ShouldBe(strategy == "feature-extractor" ? 2 : 4, string.Join(", ", sets.Select(Path.GetFileName)));
+
+        // The same spec again: every feature set comes from the cache, nothing is extracted a second time.
+        DateTime[] written = [.. sets.SelectMany(s => Directory.GetFiles(s, "shard-*")).Select(File.GetLastWriteTimeUtc)];
+        (int again, _, string againError) = await RunAsync("sweep", "run", spec, "--format", "json");
+        again.ShouldBe(0, againError);
+        sets.SelectMany(s => Directory.GetFiles(s, "shard-*")).Select(File.GetLastWriteTimeUtc).ShouldBe(written);
+    }
+
+    [Theory]
     [InlineData("strategy: fine-tune-everything", 9, "strategy 'fine-tune-everything'")]
     [InlineData("head: forest", 16, "head 'forest'")]
     [InlineData("optimizer: rmsprop", 11, "optimizer 'rmsprop'")]
