@@ -45,7 +45,8 @@ if [[ ! -d "$work/train-1000" ]]; then
     for class in "$work/train"/*/; do
         name="$(basename "$class")"
         mkdir -p "$work/train-1000/$name"
-        find "$class" -name '*.png' | sort | head -100 | xargs -I{} cp {} "$work/train-1000/$name/"
+        mapfile -t files < <(find "$class" -name '*.png' | sort)
+        cp "${files[@]:0:100}" "$work/train-1000/$name/"
     done
 fi
 
