@@ -327,6 +327,11 @@ public sealed class SegmentTrainer(
                     input = trainer.FrozenActivations(input);
                 }
                 (double loss, int right) = trainer.Step(input, batch.Labels);
+                if (!double.IsFinite(loss))
+                {
+                    // A diverged trial fails with its reason (the sweep goes on); its metrics could not even be recorded.
+                    throw new ArgumentException($"training diverged at epoch {epoch} batch {batchIndex + 1} (loss {loss}): lower lr (now {trainer.LearningRate:G3})");
+                }
                 lossSum += loss * batch.Count;
                 correct += right;
                 seen += batch.Count;
@@ -373,6 +378,10 @@ public sealed class SegmentTrainer(
             TrialId = job.TrialId, Segment = job.Segment, Epoch = epoch, Epochs = job.Settings.Epochs, Batch = 1, Batches = 1, Phase = phase,
             Loss = lossSum / Math.Max(1, seen), ImagesPerSecond = seen / Math.Max(clock.Elapsed.TotalSeconds, 1e-6),
         });
+        if (!double.IsFinite(lossSum))
+        {
+            throw new ArgumentException($"training diverged by epoch {epoch}: the {phase} loss is {lossSum / Math.Max(1, seen)}; lower lr");
+        }
         return seen == 0 ? throw new ArgumentException($"the {phase} split has no usable image") : new EpochMetrics(lossSum / seen, (double)correct / seen, seen, clock.Elapsed.TotalSeconds);
     }
 

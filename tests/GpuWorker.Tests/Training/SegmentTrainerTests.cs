@@ -168,6 +168,19 @@ public sealed class SegmentTrainerTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task A_diverging_trial_fails_with_its_reason_instead_of_recording_non_numbers()
+    {
+        await using TrainingFixture fixture = await TrainingFixture.CreateAsync(perClass: 8);
+        TrialSettings settings = Settings("from-scratch", epochs: 1, optimizer: "sgd", lr: 1e6);
+        TrainSegment job = TrainingFixture.Segment(Guid.NewGuid(), settings, fixture.Data(test: false), 0, 0, 1);
+
+        ArgumentException e = await Should.ThrowAsync<ArgumentException>(() => fixture.NewTrainer().TrainAsync(job, null, CancellationToken.None));
+
+        e.Message.ShouldContain("diverged");
+        e.Message.ShouldContain("lower lr");
+    }
+
+    [Fact]
     public async Task A_segment_already_recorded_is_found_and_not_trained_again()
     {
         await using TrainingFixture fixture = await TrainingFixture.CreateAsync(perClass: 8);
