@@ -75,9 +75,11 @@ public sealed class SweepRunCommand : AsyncCommand<SweepRunSettings>
             foreach (FeatureNeed need in TrialPlanner.FeatureNeeds(choice, datasets))
             {
                 features[need] = await FeatureSetRunner.EnsureAsync(host, cli, store, new ExtractionRequest(
-                    need.Dataset, choice.Model, CanonicalLayer(architecture, need.Layer), need.Pooling, architecture.Preprocessing.AtSize(choice.InputSize).Name, "fp32",
+                    need.Dataset, choice.Model, CanonicalLayer(architecture, need.Layer), need.Pooling, architecture.Preprocessing.AtSize(choice.InputSize).Name, choice.Precision,
                     weightsHash, weights is "builtin" or "random" ? null : weights, 1000, choice.BatchSize,
-                    InputSize: choice.InputSize == architecture.InputSize ? null : choice.InputSize), settings.Format == OutputFormat.Table, cancellationToken);
+                    InputSize: choice.InputSize == architecture.InputSize ? null : choice.InputSize,
+                    // Computed in bf16, kept in bf16: the rounding has happened, fp32 storage would only double the size.
+                    StorageDtype: choice.Precision == "bf16" ? "bf16" : "fp32"), settings.Format == OutputFormat.Table, cancellationToken);
             }
             PlannedTrial trial = TrialPlanner.Plan(spec, choice, datasets, weights, weightsHash, trialId, 0, features);
             ISendEndpoint coordinator = await host.Services.GetRequiredService<ISendEndpointProvider>().GetSendEndpoint(new Uri($"queue:{QueueNames.Coordinator}"));
