@@ -87,14 +87,7 @@ public static class TrialPlanner
                 throw new SpecException($"{where}: dataset.validation {fraction} of {datasets.Train.Entries.Count} training images is an empty validation split: use a larger fraction or a validation folder");
             }
         }
-        var settings = new TrialSettings
-        {
-            Model = choice.Model, Weights = weights, WeightsHash = weightsHash, InputSize = choice.InputSize, Strategy = choice.Strategy,
-            Cutoff = choice.Cutoff, Head = choice.Head, Lr = choice.Lr, BackboneLrScale = choice.BackboneLrScale, Optimizer = choice.Optimizer,
-            Momentum = choice.Momentum, WeightDecay = choice.WeightDecay, Schedule = choice.Schedule, StepEpochs = choice.StepEpochs,
-            StepGamma = choice.StepGamma, Epochs = choice.Epochs, HeadEpochs = choice.HeadEpochs, BatchSize = choice.BatchSize,
-            Augment = choice.Augment, Precision = choice.Precision, Seed = choice.Seed, Patience = choice.Patience,
-        };
+        TrialSettings settings = Settings(choice, weights, weightsHash);
         CheckTrainable(spec, settings, classes.Count);
         var cutoffFeatures = new Dictionary<string, string>(StringComparer.Ordinal);
         var headFeatures = new Dictionary<string, string>(StringComparer.Ordinal);
@@ -124,6 +117,18 @@ public static class TrialPlanner
             PrefixKey = cutoffFeatures.GetValueOrDefault(datasets.Train.Id),
         };
     }
+
+    /// <summary>The checks of a choice that need no data (strategy, precision, head), run before the datasets are scanned.</summary>
+    public static void Check(SweepSpec spec, TrialChoice choice) => CheckTrainable(spec, Settings(choice, "random", "random:0"), classes: 2);
+
+    private static TrialSettings Settings(TrialChoice choice, string weights, string weightsHash) => new()
+    {
+        Model = choice.Model, Weights = weights, WeightsHash = weightsHash, InputSize = choice.InputSize, Strategy = choice.Strategy,
+        Cutoff = choice.Cutoff, Head = choice.Head, Lr = choice.Lr, BackboneLrScale = choice.BackboneLrScale, Optimizer = choice.Optimizer,
+        Momentum = choice.Momentum, WeightDecay = choice.WeightDecay, Schedule = choice.Schedule, StepEpochs = choice.StepEpochs,
+        StepGamma = choice.StepGamma, Epochs = choice.Epochs, HeadEpochs = choice.HeadEpochs, BatchSize = choice.BatchSize,
+        Augment = choice.Augment, Precision = choice.Precision, Seed = choice.Seed, Patience = choice.Patience,
+    };
 
     /// <summary>What the worker would refuse, refused here first, with the spec's line: the trainer's own parser is the check.</summary>
     private static void CheckTrainable(SweepSpec spec, TrialSettings settings, int classes)

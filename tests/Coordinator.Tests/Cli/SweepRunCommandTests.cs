@@ -91,6 +91,7 @@ public sealed class SweepRunCommandTests : IDisposable
     [InlineData("feature-extractor", "head: knn")]
     [InlineData("feature-extractor", "head: sdca")]
     [InlineData("fine-tune-top", "cutoff: layer3")]
+    [InlineData("feature-extractor", "head: logistic\nprecision: bf16")]
     public async Task Strategies_on_the_feature_cache_extract_once_and_learn_the_problem(string strategy, string extra)
     {
         StripeImages.Write(Path.Combine(_root, "train"), perClass: 24);
@@ -107,6 +108,12 @@ public sealed class SweepRunCommandTests : IDisposable
         // The frozen prefix ran once per dataset and tap, in the extraction; training read the cache.
         string[] sets = Directory.GetDirectories(Path.Combine(Storage, "features"));
         sets.Length.ShouldBe(strategy == "feature-extractor" ? 2 : 4, string.Join(", ", sets.Select(Path.GetFileName)));
+        string dtype = extra.Contains("bf16", StringComparison.Ordinal) ? "bfloat16" : "float32";
+        foreach (string set in sets)
+        {
+            using JsonDocument manifest = JsonDocument.Parse(File.ReadAllText(Path.Combine(set, "manifest.json")));
+            manifest.RootElement.GetProperty("dtype").GetString().ShouldBe(dtype);
+        }
 
         // The same spec again: every feature set comes from the cache, nothing is extracted a second time.
         DateTime[] written = [.. sets.SelectMany(s => Directory.GetFiles(s, "shard-*")).Select(File.GetLastWriteTimeUtc)];
@@ -124,6 +131,7 @@ public sealed class SweepRunCommandTests : IDisposable
     [InlineData("lr: -0.1", 10, "lr -0.1")]
     [InlineData("epochs: 0", 12, "epochs 0")]
     [InlineData("batch_size: 0", 13, "batch_size 0")]
+    [InlineData("precision: bf16", 16, "precision bf16: only the frozen prefix")]
     public async Task A_bad_value_in_the_spec_is_one_line_with_its_line_field_and_value_and_exit_2(string line, int expectedLine, string expected)
     {
         StripeImages.Write(Path.Combine(_root, "train"), perClass: 2);

@@ -54,6 +54,7 @@ public sealed class SweepRunCommand : AsyncCommand<SweepRunSettings>
         }
         SweepSpec spec = SweepSpec.Load(settings.Spec);
         TrialChoice choice = spec.SingleTrial();
+        TrialPlanner.Check(spec, choice);
         ArchitectureInfo architecture = ModelCatalog.Find(choice.Model);
         string? weightsSha256 = await CheckWeightsAsync(spec, choice, architecture, cancellationToken);
         await cli.RequireBrokerAsync(cancellationToken);
