@@ -205,26 +205,19 @@ public sealed class SuffixTrainer : IDisposable
     /// One batch of images through the whole network in eval mode without gradients: summed cross-entropy and how many it
     /// got right (validation and test sets of strategies that train from images).
     /// </summary>
-    public (double LossSum, int Correct) EvaluateImages(Tensor images, Tensor labels)
-    {
-        ArgumentNullException.ThrowIfNull(images);
-        ArgumentNullException.ThrowIfNull(labels);
-        _model.eval();
-        using var noGrad = no_grad();
-        using var scope = NewDisposeScope();
-        Tensor logits = _model.forward(images);
-        return (nn.functional.cross_entropy(logits, labels, reduction: nn.Reduction.Sum).item<float>(), (int)logits.argmax(1).eq(labels).sum().item<long>());
-    }
+    public (double LossSum, int Correct) EvaluateImages(Tensor images, Tensor labels) => EvaluateWith(_model.forward, images, labels);
 
     /// <summary>One batch of the cutoff's activations in eval mode without gradients: summed cross-entropy and how many it got right.</summary>
-    public (double LossSum, int Correct) EvaluateBatch(Tensor activations, Tensor labels)
+    public (double LossSum, int Correct) EvaluateBatch(Tensor activations, Tensor labels) => EvaluateWith(Forward, activations, labels);
+
+    private (double LossSum, int Correct) EvaluateWith(Func<Tensor, Tensor> forward, Tensor input, Tensor labels)
     {
-        ArgumentNullException.ThrowIfNull(activations);
+        ArgumentNullException.ThrowIfNull(input);
         ArgumentNullException.ThrowIfNull(labels);
         _model.eval();
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
-        Tensor logits = Forward(activations);
+        Tensor logits = forward(input);
         return (nn.functional.cross_entropy(logits, labels, reduction: nn.Reduction.Sum).item<float>(), (int)logits.argmax(1).eq(labels).sum().item<long>());
     }
 
