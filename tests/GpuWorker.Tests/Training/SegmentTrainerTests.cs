@@ -15,6 +15,7 @@ namespace Cluster.GpuWorker.Tests.Training;
 /// new trainer (as after a killed worker) ends with the metrics of an uninterrupted one, a corrupt checkpoint falls back
 /// to the one before it, and a recorded segment is not trained again.
 /// </summary>
+[Collection(nameof(GlobalTorchRandomCollection))]
 public sealed class SegmentTrainerTests(ITestOutputHelper output)
 {
     private static TrialSettings Settings(string strategy, int epochs = 4, string? cutoff = null, string augment = "none", string optimizer = "adam", double lr = 3e-3) => new()
@@ -135,17 +136,18 @@ public sealed class SegmentTrainerTests(ITestOutputHelper output)
     public async Task Fine_tune_top_trains_the_head_alone_first_then_the_top_and_never_the_frozen_prefix()
     {
         await using TrainingFixture fixture = await TrainingFixture.CreateAsync(perClass: 8);
-        TrialSettings settings = Settings("fine-tune-top", epochs: 2, cutoff: "layer3", augment: "flip", optimizer: "sgd", lr: 0.01);
+        // The starting weights from a file, not from torch's global generator, which tests running in parallel share.
+        using var initial = GpuWorker.Models.ModelCatalog.Find("resnet18").Build();
+        Directory.CreateDirectory(fixture.Store.Resolve("weights"));
+        GpuWorker.Weights.StateDictFile.SaveSafetensors(fixture.Store.Resolve("weights/start.safetensors"), initial, new Dictionary<string, string>());
+        var start = initial.state_dict().ToDictionary(p => p.Key, p => p.Value);
+        TrialSettings settings = Settings("fine-tune-top", epochs: 2, cutoff: "layer3", augment: "flip", optimizer: "sgd", lr: 0.01)
+            with { Weights = "weights/start.safetensors", WeightsHash = "sha256:start" };
         TrialData data = fixture.Data(test: false);
         var trial = Guid.NewGuid();
         SegmentTrainer trainer = fixture.NewTrainer();
         await RunAsync(fixture, trainer, TrainingFixture.Segment(trial, settings, data, 0, 0, 1));
         await RunAsync(fixture, trainer, TrainingFixture.Segment(trial, settings, data, 1, 1, 2));
-
-        // The weights every stage started from: the extractor's seeded random ones (random:0).
-        torch.random.manual_seed(0);
-        using var initial = GpuWorker.Models.ModelCatalog.Find("resnet18").Build();
-        var start = initial.state_dict().ToDictionary(p => p.Key, p => p.Value);
         var store = new CheckpointStore(fixture.Store);
         (LoadedCheckpoint? afterHead, _) = await store.TryLoadAsync(Guid.Empty.ToString(), trial.ToString(), 0, CancellationToken.None);
         (LoadedCheckpoint? afterTop, _) = await store.TryLoadAsync(Guid.Empty.ToString(), trial.ToString(), 1, CancellationToken.None);
@@ -196,3 +198,11 @@ public sealed class SegmentTrainerTests(ITestOutputHelper output)
         recorded.ValidationAccuracy.ShouldBe(outcome.ValidationAccuracy);
     }
 }
+
+/// <summary>
+/// Tests that compare two trainings of the same seed run alone: a model's initial weights come from torch's global
+/// generator (TorchSharp's modules initialise from it), which any test running in parallel would draw from in between.
+/// A worker runs one job at a time, so there the draws are its own.
+/// </summary>
+[CollectionDefinition(nameof(GlobalTorchRandomCollection), DisableParallelization = true)]
+public sealed class GlobalTorchRandomCollection;
