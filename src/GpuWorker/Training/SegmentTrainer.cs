@@ -91,11 +91,7 @@ public sealed class SegmentTrainer(
         {
             logger.LogWarning("Trial {Trial} has no good checkpoint before segment {Segment}: it starts again from epoch 0", trial, job.Segment);
         }
-        var state = TrainingState.Start(settings.Seed);
-        if (resume is not null)
-        {
-            state = TrainingState.From(resume.Info);
-        }
+        TrainingState state = resume is null ? new TrainingState() : TrainingState.From(resume.Info);
         int firstEpoch = resume is null ? 0 : resume.Info.Epoch + 1;
         if (resume is not null && firstEpoch < job.EpochFrom)
         {
@@ -107,18 +103,17 @@ public sealed class SegmentTrainer(
         var rows = new List<EpochRow>();
         double? testAccuracy = null;
         List<CheckpointTensor> tensors;
-        var epochRange = (From: firstEpoch, To: job.EpochTo);
         if (plan.Strategy == TrainingStrategy.FeatureExtractor)
         {
             // A head trains in one go (its own epochs, for the mlp, inside); the trial is a single segment.
             (tensors, testAccuracy) = await TrainHeadAsync(job, plan, splits, state, rows, ct);
-            epochRange = (0, settings.Epochs);
         }
         else
         {
             (tensors, testAccuracy) = await TrainNetworkAsync(job, plan, splits, state, resume, generator, rows, firstEpoch, progress, ct);
         }
-        int lastEpoch = state.LastEpoch ?? epochRange.To - 1;
+        // Set by every epoch trained; unset only when the checkpoint resumed from already ends the segment.
+        int lastEpoch = state.LastEpoch ?? job.EpochTo - 1;
         CheckpointInfo info = await _checkpoints.WriteAsync(new CheckpointInfo
         {
             SweepId = sweep,
@@ -609,7 +604,6 @@ public sealed class SegmentTrainer(
         if (plan.Strategy != TrainingStrategy.FromScratch && settings.Weights is not ("builtin" or "random"))
         {
             using StateDict weights = StateDictFile.Load(store.Resolve(settings.Weights));
-            var classifier = model.Steps.Where(s => s.IsClassifier && s.Module is not null).Select(s => s.Module!).ToList();
             WeightsLoadReport report = WeightsLoader.Apply(model, weights, strict: false);
             logger.LogInformation("Loaded {Count} tensors into {Model} from {Weights} (the new {Classes}-class head stays initialised)", report.Loaded, settings.Model, settings.Weights, classes);
         }

@@ -25,8 +25,6 @@ public sealed class TrainingState
 
     public bool StoppedEarly { get; private set; }
 
-    public static TrainingState Start(long seed) => new();
-
     public static TrainingState From(CheckpointInfo info)
     {
         ArgumentNullException.ThrowIfNull(info);
