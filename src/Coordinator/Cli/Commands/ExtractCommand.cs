@@ -1,11 +1,9 @@
 using System.ComponentModel;
 using System.Diagnostics;
 using System.Globalization;
-using System.Security.Cryptography;
 using Cluster.Coordinator.Planning;
 using Cluster.GpuWorker.Extraction;
 using Cluster.GpuWorker.Models;
-using Cluster.GpuWorker.Weights;
 using Cluster.Hosting;
 using Cluster.Storage.Database;
 using Cluster.Storage.Database.Entities;
@@ -237,21 +235,14 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
         {
             return null;
         }
-        if (!File.Exists(settings.Weights))
-        {
-            throw new ClusterConfigurationException($"--weights '{settings.Weights}' does not exist.");
-        }
         try
         {
-            using StateDict weights = StateDictFile.Load(settings.Weights);
-            WeightsLoader.Apply(model, weights, strict: true);
+            return await WeightsStaging.CheckAsync(settings.Weights, architecture, model, cancellationToken);
         }
-        catch (Exception e) when (e is WeightsFileException or WeightsMismatchException)
+        catch (WeightsCheckException e)
         {
-            throw new ClusterConfigurationException($"--weights '{settings.Weights}' does not fit {architecture.Name}: {e.Message}", e);
+            throw new ClusterConfigurationException($"--weights '{settings.Weights}' {e.Message}.", e);
         }
-        await using FileStream file = File.OpenRead(settings.Weights);
-        return Convert.ToHexStringLower(await SHA256.HashDataAsync(file, cancellationToken));
     }
 
     /// <summary>
@@ -267,13 +258,7 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
                 ? ($"builtin:{architecture.Name}", null)
                 : ("random:0", null);
         }
-        string staged = $"weights/{sha256[..16]}/{Path.GetFileName(settings.Weights)}";
-        if (!store.Exists(staged))
-        {
-            await using FileStream source = File.OpenRead(settings.Weights);
-            await store.WriteAsync(staged, (target, ct) => source.CopyToAsync(target, ct), cancellationToken);
-        }
-        return ($"sha256:{sha256}", staged);
+        return (WeightsStaging.HashName(sha256), await WeightsStaging.StageAsync(store, settings.Weights, sha256, cancellationToken));
     }
 
     private static async Task<DatasetManifest> ScanAsync(ExtractSettings settings, FileStore store, CancellationToken cancellationToken)

@@ -9,7 +9,6 @@ using Cluster.Coordinator.Orchestration;
 using Cluster.Coordinator.Planning;
 using Cluster.Coordinator.Specs;
 using Cluster.GpuWorker.Models;
-using Cluster.GpuWorker.Weights;
 using Cluster.Hosting;
 using Cluster.Storage.Database;
 using Cluster.Storage.Database.Entities;
@@ -126,26 +125,17 @@ public sealed class SweepRunCommand : AsyncCommand<SweepRunSettings>
         {
             return null;
         }
-        string path = choice.Weights.FullPath!;
-        string where = $"{spec.Source} line {spec.Weights.Line}: weights '{choice.Weights.Text}'";
-        if (!File.Exists(path))
-        {
-            throw new SpecException($"{where} does not exist");
-        }
         try
         {
-            using StateDict weights = StateDictFile.Load(path);
-            using Backbone model = architecture.Build();
-            WeightsLoader.Apply(model, weights, strict: true);
+            return await WeightsStaging.CheckAsync(choice.Weights.FullPath!, architecture, model: null, ct);
         }
-        catch (Exception e) when (e is WeightsFileException or WeightsMismatchException)
+        catch (WeightsCheckException e)
         {
-            throw new SpecException($"{where} does not fit {architecture.Name}: {e.Message.ReplaceLineEndings(" ")}", e);
+            throw new SpecException($"{spec.Source} line {spec.Weights.Line}: weights '{choice.Weights.Text}' {e.Message}", e);
         }
-        await using FileStream file = File.OpenRead(path);
-        return Convert.ToHexStringLower(await SHA256.HashDataAsync(file, ct));
     }
 
+    /// <summary>What the trial's messages name as its weights (a staged file, or builtin/random) and their hash.</summary>
     private static async Task<(string Weights, string Hash)> StageWeightsAsync(TrialChoice choice, ArchitectureInfo architecture, string? sha256, FileStore store, CancellationToken ct)
     {
         if (choice.Weights.Kind == SpecWeightsKind.Builtin)
@@ -156,13 +146,7 @@ public sealed class SweepRunCommand : AsyncCommand<SweepRunSettings>
         {
             return ("random", $"random:{choice.Seed}");
         }
-        string staged = $"weights/{sha256[..16]}/{Path.GetFileName(choice.Weights.FullPath)}";
-        if (!store.Exists(staged))
-        {
-            await using FileStream source = File.OpenRead(choice.Weights.FullPath!);
-            await store.WriteAsync(staged, (target, c) => source.CopyToAsync(target, c), ct);
-        }
-        return (staged, $"sha256:{sha256}");
+        return (await WeightsStaging.StageAsync(store, choice.Weights.FullPath!, sha256, ct), WeightsStaging.HashName(sha256));
     }
 
     private static async Task<TrialDatasets> ScanAsync(SweepSpec spec, FileStore store, CancellationToken ct)
