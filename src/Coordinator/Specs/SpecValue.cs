@@ -75,3 +75,13 @@ public sealed record SpecValue<T> : ISpecValue
     internal static SpecValue<T> Default(string field, T value) =>
         new() { Field = field, Line = 0, Kind = SpecValueKind.One, Values = [value], Lines = [0] };
 }
+
+/// <summary>
+/// Chooses each hyperparameter field's value for one trial: the one value, a grid position, a random draw
+/// (<see cref="SweepSpec.Trial"/> asks it once per field).
+/// </summary>
+public interface ISpecValuePicker
+{
+    T Pick<T>(SpecValue<T> value)
+        where T : notnull;
+}

@@ -136,32 +136,51 @@ public sealed record SweepSpec
             throw new SpecException(
                 $"{Source} line {several.Line}: {several.Field} {what}; `sweep run` of a multi-trial sweep comes with the search methods (issue 11)");
         }
-        ArchitectureInfo architecture = ModelCatalog.Find(Model.Single);
-        string strategy = Strategy.Single;
+        return Trial(SingleValues.Instance);
+    }
+
+    /// <summary>
+    /// One trial of the sweep: each hyperparameter field's value as <paramref name="pick"/> chooses it (a grid position,
+    /// a random draw, the one value), with the defaults the spec leaves to the model resolved (input size, cutoff).
+    /// </summary>
+    public TrialChoice Trial(ISpecValuePicker pick)
+    {
+        ArgumentNullException.ThrowIfNull(pick);
+        ArchitectureInfo architecture = ModelCatalog.Find(pick.Pick(Model));
+        string strategy = pick.Pick(Strategy);
         return new TrialChoice
         {
             Model = architecture.Name,
-            Weights = Weights.Single,
-            InputSize = InputSize?.Single ?? architecture.InputSize,
+            Weights = pick.Pick(Weights),
+            InputSize = InputSize is null ? architecture.InputSize : pick.Pick(InputSize),
             Strategy = strategy,
-            Cutoff = Cutoff?.Single ?? DefaultCutoff(strategy, architecture),
-            Head = Head.Single,
-            Lr = Lr.Single,
-            BackboneLrScale = BackboneLrScale?.Single,
-            Optimizer = Optimizer.Name.Single,
-            Momentum = Optimizer.Momentum.Single,
-            WeightDecay = Optimizer.WeightDecay.Single,
-            Schedule = Schedule.Single,
+            Cutoff = Cutoff is null ? DefaultCutoff(strategy, architecture) : pick.Pick(Cutoff),
+            Head = pick.Pick(Head),
+            Lr = pick.Pick(Lr),
+            BackboneLrScale = BackboneLrScale is null ? null : pick.Pick(BackboneLrScale),
+            Optimizer = pick.Pick(Optimizer.Name),
+            Momentum = pick.Pick(Optimizer.Momentum),
+            WeightDecay = pick.Pick(Optimizer.WeightDecay),
+            Schedule = pick.Pick(Schedule),
             StepEpochs = StepEpochs,
             StepGamma = StepGamma,
-            Epochs = Epochs.Single,
-            BatchSize = BatchSize.Single,
-            Augment = Augment.Single,
-            Precision = Precision.Single,
-            Seed = Seed.Single,
-            Patience = Patience?.Single,
-            HeadEpochs = HeadEpochs.Single,
+            Epochs = pick.Pick(Epochs),
+            BatchSize = pick.Pick(BatchSize),
+            Augment = pick.Pick(Augment),
+            Precision = pick.Pick(Precision),
+            Seed = pick.Pick(Seed),
+            Patience = Patience is null ? null : pick.Pick(Patience),
+            HeadEpochs = pick.Pick(HeadEpochs),
         };
+    }
+
+    /// <summary>Each field's one value (a one-trial spec).</summary>
+    private sealed class SingleValues : ISpecValuePicker
+    {
+        public static SingleValues Instance { get; } = new();
+
+        public T Pick<T>(SpecValue<T> value)
+            where T : notnull => value.Single;
     }
 
     /// <summary>
