@@ -23,6 +23,10 @@ public static class ClusterBus
     {
         services.AddMassTransit(x =>
         {
+            // MassTransit 8.4+ posts anonymous usage data to its vendor a while after start: a cluster's machines may
+            // reach no outside network (each attempt then logs a warning with a stack trace), and nothing of a user's
+            // should leave without asking.
+            x.ConfigureUsageTelemetryOptions(o => o.Enabled = false);
             foreach (IClusterBusPart part in parts)
             {
                 part.Register(x);
