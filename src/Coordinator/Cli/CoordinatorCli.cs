@@ -95,6 +95,10 @@ public static class CoordinatorCli
             c.AddBranch("sweep", sweep =>
             {
                 sweep.SetDescription("Sweeps over models, strategies, cutoffs, heads and learning rates (DESIGN.md's spec).");
+                sweep.AddCommand<SweepPlanCommand>("plan")
+                    .WithDescription("What a spec would run, nothing run: its trials, the feature sets they share (cached or to extract), and the cost against no sharing.")
+                    .WithExample("sweep", "plan", "examples/fashion-transfer.yaml")
+                    .WithExample("sweep", "plan", "examples/fashion-transfer.yaml", "--format", "json");
                 sweep.AddCommand<SweepRunCommand>("run")
                     .WithDescription("Run a spec to completion (embedded by default) with a progress bar, then print its results; a spec whose every field has one value is one trial.")
                     .WithExample("sweep", "run", "examples/fashion-one-trial.yaml")

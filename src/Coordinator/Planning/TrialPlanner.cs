@@ -44,6 +44,24 @@ public static class TrialPlanner
         return [];
     }
 
+    /// <summary>
+    /// The extraction that makes <paramref name="need"/>'s feature set: at the trial's input size and precision, stored
+    /// in bf16 when computed in bf16 (the rounding has happened; fp32 storage would only double the size).
+    /// </summary>
+    /// <param name="layer">The tap's canonical step name (aliases resolved), which the key uses.</param>
+    /// <param name="weights">What the trial names as its weights: a staged file's storage path, or builtin / random.</param>
+    public static ExtractionRequest ExtractionFor(FeatureNeed need, TrialChoice choice, string layer, string weights, string weightsHash)
+    {
+        ArgumentNullException.ThrowIfNull(need);
+        ArgumentNullException.ThrowIfNull(choice);
+        ArchitectureInfo architecture = ModelCatalog.Find(choice.Model);
+        return new ExtractionRequest(
+            need.Dataset, choice.Model, layer, need.Pooling, architecture.Preprocessing.AtSize(choice.InputSize).Name, choice.Precision,
+            weightsHash, weights is "builtin" or "random" ? null : weights, ShardSize: 1000, choice.BatchSize,
+            InputSize: choice.InputSize == architecture.InputSize ? null : choice.InputSize,
+            StorageDtype: choice.Precision == "bf16" ? "bf16" : "fp32");
+    }
+
     public static PlannedTrial Plan(SweepSpec spec, TrialChoice choice, TrialDatasets datasets, string weights, string weightsHash, Guid trialId, int number,
         IReadOnlyDictionary<FeatureNeed, string>? featureSets = null)
     {

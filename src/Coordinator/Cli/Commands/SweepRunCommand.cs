@@ -59,7 +59,7 @@ public sealed class SweepRunCommand : AsyncCommand<SweepRunSettings>
         await cli.RequireBrokerAsync(cancellationToken);
         await cli.RequireDatabaseAsync(cancellationToken);
         var store = new FileStore(cli.Settings.StorageRoot);
-        TrialDatasets datasets = await ScanAsync(spec, store, cancellationToken);
+        TrialDatasets datasets = await SpecDatasets.ScanAsync(spec, store, cancellationToken);
         (string weights, string weightsHash) = await StageWeightsAsync(choice, architecture, weightsSha256, store, cancellationToken);
         var sweepId = Guid.NewGuid();
         var trialId = Guid.NewGuid();
@@ -74,12 +74,8 @@ public sealed class SweepRunCommand : AsyncCommand<SweepRunSettings>
             var features = new Dictionary<FeatureNeed, string>();
             foreach (FeatureNeed need in TrialPlanner.FeatureNeeds(choice, datasets))
             {
-                features[need] = await FeatureSetRunner.EnsureAsync(host, cli, store, new ExtractionRequest(
-                    need.Dataset, choice.Model, CanonicalLayer(architecture, need.Layer), need.Pooling, architecture.Preprocessing.AtSize(choice.InputSize).Name, choice.Precision,
-                    weightsHash, weights is "builtin" or "random" ? null : weights, 1000, choice.BatchSize,
-                    InputSize: choice.InputSize == architecture.InputSize ? null : choice.InputSize,
-                    // Computed in bf16, kept in bf16: the rounding has happened, fp32 storage would only double the size.
-                    StorageDtype: choice.Precision == "bf16" ? "bf16" : "fp32"), settings.Format == OutputFormat.Table, cancellationToken);
+                ExtractionRequest request = TrialPlanner.ExtractionFor(need, choice, CanonicalLayer(architecture, need.Layer), weights, weightsHash);
+                features[need] = await FeatureSetRunner.EnsureAsync(host, cli, store, request, settings.Format == OutputFormat.Table, cancellationToken);
             }
             PlannedTrial trial = TrialPlanner.Plan(spec, choice, datasets, weights, weightsHash, trialId, 0, features);
             ISendEndpoint coordinator = await host.Services.GetRequiredService<ISendEndpointProvider>().GetSendEndpoint(new Uri($"queue:{QueueNames.Coordinator}"));
@@ -147,32 +143,6 @@ public sealed class SweepRunCommand : AsyncCommand<SweepRunSettings>
             return ("random", $"random:{choice.Seed}");
         }
         return (await WeightsStaging.StageAsync(store, choice.Weights.FullPath!, sha256, ct), WeightsStaging.HashName(sha256));
-    }
-
-    private static async Task<TrialDatasets> ScanAsync(SweepSpec spec, FileStore store, CancellationToken ct)
-    {
-        async Task<DatasetManifest> Scan(string field, SpecPath path)
-        {
-            if (!Directory.Exists(path.FullPath))
-            {
-                throw new SpecException($"{spec.Source} line {spec.Dataset.Line}: {field} '{path.Text}' is not a folder ({path.FullPath})");
-            }
-            DatasetManifest manifest;
-            try
-            {
-                manifest = await DatasetScanner.ScanFolderAsync(path.FullPath, null, ct);
-            }
-            catch (DatasetInputException e)
-            {
-                throw new SpecException($"{spec.Source} line {spec.Dataset.Line}: {field} '{path.Text}': {e.Message}", e);
-            }
-            await manifest.SaveAsync(store, ct);
-            return manifest;
-        }
-        DatasetManifest train = await Scan("dataset.train", spec.Dataset.Train);
-        DatasetManifest? validation = spec.Dataset.ValidationPath is SpecPath v ? await Scan("dataset.validation", v) : null;
-        DatasetManifest? test = spec.Dataset.Test is SpecPath t ? await Scan("dataset.test", t) : null;
-        return new TrialDatasets(train, validation, test);
     }
 
     /// <summary>Follows the trial through the database until the sweep ends (or the timeout), with a progress bar in a terminal.</summary>

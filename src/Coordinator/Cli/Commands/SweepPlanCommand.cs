@@ -1,0 +1,233 @@
+using System.ComponentModel;
+using System.Globalization;
+using System.Text.Json;
+using Cluster.Coordinator.Planning;
+using Cluster.Coordinator.Search;
+using Cluster.Coordinator.Specs;
+using Cluster.GpuWorker.Models;
+using Cluster.Hosting;
+using Cluster.Storage.Database;
+using Cluster.Storage.Database.Entities;
+using Microsoft.EntityFrameworkCore;
+using Spectre.Console;
+using Spectre.Console.Cli;
+
+namespace Cluster.Coordinator.Cli.Commands;
+
+public sealed class SweepPlanSettings : GlobalSettings
+{
+    [CommandArgument(0, "<SPEC>")]
+    [Description("A sweep spec (YAML, DESIGN.md's format; examples/ has several).")]
+    public string Spec { get; init; } = "";
+
+    [CommandOption("--show <N>")]
+    [Description("Trials listed in the table (the JSON lists all).")]
+    [DefaultValue(50)]
+    public int Show { get; init; } = 50;
+}
+
+/// <summary>
+/// `coordinator sweep plan SPEC`: what a sweep would do, with nothing run or sent: its trials, the feature sets they
+/// share (and which the cache already holds), and what it costs in images through the frozen prefixes and in training
+/// image-epochs, against the same sweep without sharing. Every trial is checked as `sweep run` checks it, so a bad
+/// value fails here, with its line.
+/// </summary>
+public sealed class SweepPlanCommand : AsyncCommand<SweepPlanSettings>
+{
+    private static readonly JsonSerializerOptions s_json = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, WriteIndented = true };
+
+    public override async Task<int> ExecuteAsync(CommandContext context, SweepPlanSettings settings, CancellationToken cancellationToken)
+    {
+        CliContext cli = CliContext.Create(settings);
+        if (!File.Exists(settings.Spec))
+        {
+            throw new ClusterConfigurationException($"spec '{settings.Spec}' does not exist.");
+        }
+        SweepSpec spec = SweepSpec.Load(settings.Spec);
+        SearchPlan search = SearchPlan.For(spec);
+        TrialDatasets datasets = await SpecDatasets.ScanAsync(spec, store: null, cancellationToken);
+        var layers = new Dictionary<(string Model, string Tap), string>();
+        var weightsHashes = new Dictionary<(string Model, string File), string>();
+        var trials = new List<PlannedTrialView>();
+        var skipped = new List<SkippedTrialView>();
+        var sets = new Dictionary<string, FeatureSetView>(StringComparer.Ordinal);
+        double validationShare = datasets.Validation is null ? spec.Dataset.ValidationFraction ?? 0 : 0;
+        int trainImages = (int)Math.Round(datasets.Train.Entries.Count * (1 - validationShare));
+        for (int number = 0; number < search.Configurations; number++)
+        {
+            TrialChoice choice = search.Configuration(number);
+            try
+            {
+                TrialPlanner.Check(spec, choice);
+            }
+            catch (SpecException e)
+            {
+                // A combination the grid makes that cannot train (fine-tune-top cut at the last layer) is left out,
+                // as the run leaves it out; the sweep fails only if no trial is left.
+                skipped.Add(new SkippedTrialView(number, SweepSpec.Params(choice), e.Message));
+                continue;
+            }
+            string weightsHash = await WeightsHashAsync(spec, choice, weightsHashes, cancellationToken);
+            // The data checks (one class, an empty validation split) of every trial, as the run would make them.
+            TrialPlanner.Plan(spec, choice, datasets, "random", weightsHash, Guid.Empty, number);
+            var keys = new List<string>();
+            foreach (FeatureNeed need in TrialPlanner.FeatureNeeds(choice, datasets))
+            {
+                string layer = Canonical(layers, choice.Model, need.Layer);
+                ExtractionRequest request = TrialPlanner.ExtractionFor(need, choice, layer, "random", weightsHash);
+                string key = request.Key.Value;
+                keys.Add(key);
+                if (!sets.TryGetValue(key, out FeatureSetView? set))
+                {
+                    sets[key] = set = new FeatureSetView(key, choice.Model, layer, need.Pooling, choice.InputSize, need.Dataset.Id, need.Dataset.Entries.Count);
+                }
+                set.Trials++;
+            }
+            trials.Add(new PlannedTrialView(number, SweepSpec.Params(choice), keys, trainImages, choice.Epochs));
+        }
+        if (trials.Count == 0)
+        {
+            throw new SpecException($"no trial of the {skipped.Count} the spec describes can train; the first: {skipped[0].Reason}");
+        }
+
+        await cli.RequireDatabaseAsync(cancellationToken);
+        await using (ClusterDbContext db = cli.Database.CreateDbContext())
+        {
+            string[] wanted = [.. sets.Keys];
+            foreach (FeatureSetRecord record in await db.FeatureSets.AsNoTracking().Where(f => wanted.Contains(f.Key)).ToListAsync(cancellationToken))
+            {
+                sets[record.Key].Status = record.Status == FeatureSetStatus.Complete ? "cached" : $"partial ({record.ExtractedCount} of {record.ImageCount})";
+                sets[record.Key].ImagesDone = record.Status == FeatureSetStatus.Complete ? record.ImageCount : record.ExtractedCount;
+            }
+        }
+
+        IReadOnlyList<int>? rungs = (search.Method as AshaSearch)?.RungEpochs;
+        // ASHA trains a trial to the top rung only if promoted: its cost lies between every trial stopping at the first
+        // rung and every one reaching the top. Grid and random train each trial its own epochs.
+        long Epochs(PlannedTrialView t, bool least) => rungs is null ? t.Epochs : least ? rungs[0] : rungs[^1];
+        long Images(bool cached, bool least) => trials.Where(t => (t.FeatureSets.Count > 0) == cached).Sum(t => (long)t.TrainImages * Epochs(t, least));
+        var cost = new PlanCost(
+            ImagesToExtract: sets.Values.Sum(s => (long)(s.Images - s.ImagesDone)),
+            ImagesCached: sets.Values.Sum(s => (long)s.ImagesDone),
+            ImagesToExtractWithoutSharing: trials.Sum(t => t.FeatureSets.Sum(k => (long)sets[k].Images)),
+            TrainingImageEpochsOnFeatures: Images(cached: true, least: false),
+            TrainingImageEpochsThroughTheNetwork: Images(cached: false, least: false),
+            TrainingImageEpochsAtLeast: rungs is null ? null : Images(true, true) + Images(false, true));
+        var plan = new SweepPlanView(spec.Name, spec.Search.Method, trials.Count, spec.Parallelism, rungs, trials, skipped, [.. sets.Values], cost);
+
+        if (settings.Format == OutputFormat.Json)
+        {
+            Console.Out.WriteLine(JsonSerializer.Serialize(plan, s_json));
+            return 0;
+        }
+        Render(spec, plan, settings.Show);
+        return 0;
+    }
+
+    private static string Canonical(Dictionary<(string, string), string> layers, string model, string tap)
+    {
+        if (!layers.TryGetValue((model, tap), out string? layer))
+        {
+            using Backbone built = ModelCatalog.Find(model).Build();
+            layers[(model, tap)] = layer = built.Steps[built.ResolveTap(tap)].Name;
+        }
+        return layer;
+    }
+
+    /// <summary>The weights' identity as a feature-set key has it; a file is checked against the model once.</summary>
+    private static async Task<string> WeightsHashAsync(SweepSpec spec, TrialChoice choice, Dictionary<(string, string), string> hashes, CancellationToken ct)
+    {
+        switch (choice.Weights.Kind)
+        {
+            case SpecWeightsKind.Builtin:
+                return $"builtin:{choice.Model}";
+            case SpecWeightsKind.Random:
+                return $"random:{choice.Seed}";
+        }
+        string path = choice.Weights.FullPath!;
+        if (!hashes.TryGetValue((choice.Model, path), out string? hash))
+        {
+            try
+            {
+                hash = WeightsStaging.HashName(await WeightsStaging.CheckAsync(path, ModelCatalog.Find(choice.Model), model: null, ct));
+            }
+            catch (WeightsCheckException e)
+            {
+                throw new SpecException($"{spec.Source} line {spec.Weights.Line}: weights '{choice.Weights.Text}' {e.Message}", e);
+            }
+            hashes[(choice.Model, path)] = hash;
+        }
+        return hash;
+    }
+
+    private static void Render(SweepSpec spec, SweepPlanView plan, int show)
+    {
+        CultureInfo c = CultureInfo.InvariantCulture;
+        string[] varying = [.. spec.Hyperparameters.Where(v => !v.IsSingle).Select(v => v.Field)];
+        string rungs = plan.Rungs is null ? "" : $", rungs at {string.Join(", ", plan.Rungs)} epochs";
+        AnsiConsole.MarkupLine(Markup.Escape($"sweep {plan.Sweep}: {plan.Method} search, {plan.TrialCount} trials, {plan.Parallelism} at a time{rungs}"));
+        var trials = new Table().Border(TableBorder.Rounded).AddColumn("trial");
+        foreach (string field in varying)
+        {
+            trials.AddColumn(field);
+        }
+        trials.AddColumns("epochs", "trains on");
+        foreach (PlannedTrialView t in plan.Trials.Take(show))
+        {
+            string Value(string field) => t.Params.TryGetValue(field, out object? v) ? v is double d ? d.ToString("G4", c) : Convert.ToString(v, c) ?? "" : "";
+            trials.AddRow([t.Number.ToString(c), .. varying.Select(Value), t.Epochs.ToString(c),
+                t.FeatureSets.Count == 0 ? "images (whole network)" : $"cached features ({t.FeatureSets.Count} sets)"]);
+        }
+        AnsiConsole.Write(trials);
+        if (plan.Trials.Count > show)
+        {
+            AnsiConsole.MarkupLine($"[grey]… and {plan.Trials.Count - show} more trials (--show N, or --format json for all)[/]");
+        }
+        foreach (SkippedTrialView t in plan.Skipped.Take(show))
+        {
+            AnsiConsole.MarkupLine($"[yellow]left out[/] configuration {t.Number}: {Markup.Escape(t.Reason)}");
+        }
+        if (plan.FeatureSets.Count > 0)
+        {
+            var sets = new Table().Border(TableBorder.Rounded).Title("feature sets (each computed once, shared by its trials)")
+                .AddColumns("key", "layer", "pool", "input", "dataset", "images", "trials", "status");
+            foreach (FeatureSetView s in plan.FeatureSets)
+            {
+                sets.AddRow(Markup.Escape(s.Key), Markup.Escape(s.Layer), s.Pooling, s.InputSize.ToString(c), s.Dataset[..Math.Min(12, s.Dataset.Length)], s.Images.ToString("N0", c), s.Trials.ToString(c), Markup.Escape(s.Status));
+            }
+            AnsiConsole.Write(sets);
+        }
+        PlanCost cost = plan.Cost;
+        var rows = new List<(string, string)>
+        {
+            ("images through frozen prefixes", $"{cost.ImagesToExtract:N0} to extract, {cost.ImagesCached:N0} cached"),
+            ("without sharing (--no-share)", $"{cost.ImagesToExtractWithoutSharing:N0} (each trial its own prefix)"),
+            ("training on cached features", $"{cost.TrainingImageEpochsOnFeatures:N0} image-epochs"),
+            ("training through the network", $"{cost.TrainingImageEpochsThroughTheNetwork:N0} image-epochs"),
+        };
+        if (cost.TrainingImageEpochsAtLeast is long least)
+        {
+            rows.Add(("asha: if no trial is promoted", $"{least:N0} image-epochs (the figures above: every trial reaches the top)"));
+        }
+        AnsiConsole.Write(CliOutput.KeyValueTable("cost", rows.Select(r => (r.Item1, string.Format(c, "{0}", r.Item2)))));
+    }
+
+    private sealed record SweepPlanView(string Sweep, string Method, int TrialCount, int Parallelism, IReadOnlyList<int>? Rungs,
+        IReadOnlyList<PlannedTrialView> Trials, IReadOnlyList<SkippedTrialView> Skipped, IReadOnlyList<FeatureSetView> FeatureSets, PlanCost Cost);
+
+    private sealed record SkippedTrialView(int Number, IReadOnlyDictionary<string, object> Params, string Reason);
+
+    private sealed record PlannedTrialView(int Number, IReadOnlyDictionary<string, object> Params, IReadOnlyList<string> FeatureSets, int TrainImages, int Epochs);
+
+    private sealed record FeatureSetView(string Key, string Model, string Layer, string Pooling, int InputSize, string Dataset, int Images)
+    {
+        public int Trials { get; set; }
+
+        public string Status { get; set; } = "to extract";
+
+        public int ImagesDone { get; set; }
+    }
+
+    private sealed record PlanCost(long ImagesToExtract, long ImagesCached, long ImagesToExtractWithoutSharing,
+        long TrainingImageEpochsOnFeatures, long TrainingImageEpochsThroughTheNetwork, long? TrainingImageEpochsAtLeast);
+}

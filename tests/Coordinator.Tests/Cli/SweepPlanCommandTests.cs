@@ -1,0 +1,126 @@
+using System.Text.Json;
+using Cluster.TestSupport.Training;
+using Shouldly;
+
+namespace Cluster.Coordinator.Tests.Cli;
+
+/// <summary>
+/// `coordinator sweep plan`: the trials of a spec, the feature sets they share with what the cache holds, and the cost
+/// against no sharing, with nothing run; its keys are the ones a run uses (a run of one of its trials turns its sets
+/// to cached).
+/// </summary>
+[Collection(nameof(ConsoleCollection))]
+public sealed class SweepPlanCommandTests : IDisposable
+{
+    private readonly string _root = Directory.CreateTempSubdirectory("sweep-plan-tests-").FullName;
+
+    public SweepPlanCommandTests()
+    {
+        StripeImages.Write(Path.Combine(_root, "train"), perClass: 12);
+        StripeImages.Write(Path.Combine(_root, "test"), perClass: 4, seed: 99);
+    }
+
+    public void Dispose()
+    {
+        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+        Directory.Delete(_root, recursive: true);
+    }
+
+    private string Storage => Path.Combine(_root, "storage");
+
+    private string WriteSpec(string head, string lr, string extra = "", string name = "spec.yaml")
+    {
+        string path = Path.Combine(_root, name);
+        File.WriteAllText(path, $"""
+            name: stripes-grid
+            dataset:
+              train: train
+              validation: 0.25
+              test: test
+            model: resnet18
+            weights: random
+            input_size: 32
+            strategy: feature-extractor
+            cutoff: layer3
+            head: {head}
+            lr: {lr}
+            epochs: 3
+            batch_size: 8
+            seed: 5
+            {extra}
+            """);
+        return path;
+    }
+
+    private Task<(int ExitCode, string Output, string Error)> RunAsync(params string[] args) =>
+        InProcessCli.RunAsync([.. args, "--embedded", "--storage", Storage]);
+
+    [Fact]
+    public async Task A_grid_shares_its_feature_sets_and_a_run_of_one_trial_turns_them_cached()
+    {
+        string grid = WriteSpec("[logistic, mlp]", "[0.01, 0.001]");
+
+        (int exitCode, string output, string error) = await RunAsync("sweep", "plan", grid, "--format", "json");
+
+        exitCode.ShouldBe(0, error);
+        using (JsonDocument plan = JsonDocument.Parse(output))
+        {
+            JsonElement root = plan.RootElement;
+            root.GetProperty("method").GetString().ShouldBe("grid");
+            root.GetProperty("trial_count").GetInt32().ShouldBe(4);
+            JsonElement[] trials = [.. root.GetProperty("trials").EnumerateArray()];
+            trials.Select(t => (t.GetProperty("params").GetProperty("head").GetString(), t.GetProperty("params").GetProperty("lr").GetDouble()))
+                .ShouldBe([("logistic", 0.01), ("logistic", 0.001), ("mlp", 0.01), ("mlp", 0.001)]);
+            // Train (its validation quarter comes from the same set) and test: two sets, each shared by all four trials.
+            JsonElement[] sets = [.. root.GetProperty("feature_sets").EnumerateArray()];
+            sets.Length.ShouldBe(2);
+            sets.ShouldAllBe(s => s.GetProperty("trials").GetInt32() == 4 && s.GetProperty("status").GetString() == "to extract");
+            sets.Select(s => s.GetProperty("images").GetInt32()).Order().ShouldBe([8, 24]);
+            JsonElement cost = root.GetProperty("cost");
+            cost.GetProperty("images_to_extract").GetInt64().ShouldBe(32);
+            cost.GetProperty("images_to_extract_without_sharing").GetInt64().ShouldBe(4 * 32);
+            cost.GetProperty("training_image_epochs_on_features").GetInt64().ShouldBe(4 * 18 * 3);
+        }
+        Directory.Exists(Path.Combine(Storage, "features")).ShouldBeFalse("a plan runs nothing");
+
+        // One of the grid's trials, run: the features it extracts are the ones the plan named.
+        (exitCode, _, error) = await RunAsync("sweep", "run", WriteSpec("logistic", "0.01", name: "one.yaml"), "--format", "json");
+        exitCode.ShouldBe(0, error);
+        (exitCode, output, error) = await RunAsync("sweep", "plan", grid, "--format", "json");
+
+        exitCode.ShouldBe(0, error);
+        using JsonDocument after = JsonDocument.Parse(output);
+        after.RootElement.GetProperty("feature_sets").EnumerateArray().ShouldAllBe(s => s.GetProperty("status").GetString() == "cached");
+        after.RootElement.GetProperty("cost").GetProperty("images_to_extract").GetInt64().ShouldBe(0);
+        after.RootElement.GetProperty("cost").GetProperty("images_cached").GetInt64().ShouldBe(32);
+    }
+
+    [Fact]
+    public async Task An_asha_plan_shows_its_rungs_and_both_bounds_of_its_cost()
+    {
+        string spec = WriteSpec("mlp", "{log_uniform: [1.0e-4, 1.0e-2]}", "search: {method: asha, trials: 9, min_epochs: 1, reduction: 3}");
+        // ASHA's top rung is the spec's epochs.
+        File.WriteAllText(spec, File.ReadAllText(spec).Replace("epochs: 3", "epochs: 9", StringComparison.Ordinal));
+
+        (int exitCode, string output, string error) = await RunAsync("sweep", "plan", spec, "--format", "json");
+
+        exitCode.ShouldBe(0, error);
+        using JsonDocument plan = JsonDocument.Parse(output);
+        plan.RootElement.GetProperty("rungs").EnumerateArray().Select(r => r.GetInt32()).ShouldBe([1, 3, 9]);
+        plan.RootElement.GetProperty("trial_count").GetInt32().ShouldBe(9);
+        plan.RootElement.GetProperty("cost").GetProperty("training_image_epochs_on_features").GetInt64().ShouldBe(9 * 18 * 9);
+        plan.RootElement.GetProperty("cost").GetProperty("training_image_epochs_at_least").GetInt64().ShouldBe(9 * 18 * 1);
+    }
+
+    [Fact]
+    public async Task A_grid_over_a_bad_value_fails_with_its_line_before_anything()
+    {
+        string spec = WriteSpec("[logistic, boosted]", "0.01");
+
+        (int exitCode, string output, string error) = await RunAsync("sweep", "plan", spec);
+
+        exitCode.ShouldBe(2, output);
+        error.ShouldContain("line 11: head 'boosted'");
+        error.Trim().Split('\n').Length.ShouldBe(1);
+    }
+}
