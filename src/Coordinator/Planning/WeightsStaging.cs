@@ -1,4 +1,5 @@
 using System.Security.Cryptography;
+using Cluster.Coordinator.Specs;
 using Cluster.GpuWorker.Models;
 using Cluster.GpuWorker.Weights;
 using Cluster.Storage.Files;
@@ -60,6 +61,41 @@ public static class WeightsStaging
             await store.WriteAsync(staged, (target, c) => source.CopyToAsync(target, c), ct);
         }
         return staged;
+    }
+
+    /// <summary>
+    /// A spec's weights file checked against the trial's model, as <see cref="CheckAsync"/> does; a problem is a
+    /// <see cref="SpecException"/> naming the spec's line. Returns its sha256, or null when the trial names builtin or
+    /// random weights.
+    /// </summary>
+    public static async Task<string?> CheckSpecFileAsync(SweepSpec spec, TrialChoice choice, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        ArgumentNullException.ThrowIfNull(choice);
+        if (choice.Weights.Kind != SpecWeightsKind.File)
+        {
+            return null;
+        }
+        try
+        {
+            return await CheckAsync(choice.Weights.FullPath!, ModelCatalog.Find(choice.Model), model: null, ct);
+        }
+        catch (WeightsCheckException e)
+        {
+            throw new SpecException($"{spec.Source} line {spec.Weights.Line}: weights '{choice.Weights.Text}' {e.Message}", e);
+        }
+    }
+
+    /// <summary>The identity of builtin or random weights as keys carry it; null for a file (its hash names it).</summary>
+    public static string? UnstagedHash(TrialChoice choice)
+    {
+        ArgumentNullException.ThrowIfNull(choice);
+        return choice.Weights.Kind switch
+        {
+            SpecWeightsKind.Builtin => $"builtin:{choice.Model}",
+            SpecWeightsKind.Random => $"random:{choice.Seed}",
+            _ => null,
+        };
     }
 
     /// <summary>The hash a request carries for a staged file (feature-set and trial keys include it).</summary>

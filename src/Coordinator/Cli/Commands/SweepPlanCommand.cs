@@ -134,28 +134,16 @@ public sealed class SweepPlanCommand : AsyncCommand<SweepPlanSettings>
         return layer;
     }
 
-    /// <summary>The weights' identity as a feature-set key has it; a file is checked against the model once.</summary>
+    /// <summary>The weights' identity as a feature-set key has it; a file is checked against its model once.</summary>
     private static async Task<string> WeightsHashAsync(SweepSpec spec, TrialChoice choice, Dictionary<(string, string), string> hashes, CancellationToken ct)
     {
-        switch (choice.Weights.Kind)
+        if (WeightsStaging.UnstagedHash(choice) is string unstaged)
         {
-            case SpecWeightsKind.Builtin:
-                return $"builtin:{choice.Model}";
-            case SpecWeightsKind.Random:
-                return $"random:{choice.Seed}";
+            return unstaged;
         }
-        string path = choice.Weights.FullPath!;
-        if (!hashes.TryGetValue((choice.Model, path), out string? hash))
+        if (!hashes.TryGetValue((choice.Model, choice.Weights.FullPath!), out string? hash))
         {
-            try
-            {
-                hash = WeightsStaging.HashName(await WeightsStaging.CheckAsync(path, ModelCatalog.Find(choice.Model), model: null, ct));
-            }
-            catch (WeightsCheckException e)
-            {
-                throw new SpecException($"{spec.Source} line {spec.Weights.Line}: weights '{choice.Weights.Text}' {e.Message}", e);
-            }
-            hashes[(choice.Model, path)] = hash;
+            hashes[(choice.Model, choice.Weights.FullPath!)] = hash = WeightsStaging.HashName((await WeightsStaging.CheckSpecFileAsync(spec, choice, ct))!);
         }
         return hash;
     }

@@ -55,12 +55,12 @@ public sealed class SweepRunCommand : AsyncCommand<SweepRunSettings>
         TrialChoice choice = spec.SingleTrial();
         TrialPlanner.Check(spec, choice);
         ArchitectureInfo architecture = ModelCatalog.Find(choice.Model);
-        string? weightsSha256 = await CheckWeightsAsync(spec, choice, architecture, cancellationToken);
+        string? weightsSha256 = await WeightsStaging.CheckSpecFileAsync(spec, choice, cancellationToken);
         await cli.RequireBrokerAsync(cancellationToken);
         await cli.RequireDatabaseAsync(cancellationToken);
         var store = new FileStore(cli.Settings.StorageRoot);
         TrialDatasets datasets = await SpecDatasets.ScanAsync(spec, store, cancellationToken);
-        (string weights, string weightsHash) = await StageWeightsAsync(choice, architecture, weightsSha256, store, cancellationToken);
+        (string weights, string weightsHash) = await StageWeightsAsync(choice, weightsSha256, store, cancellationToken);
         var sweepId = Guid.NewGuid();
         var trialId = Guid.NewGuid();
         // Planned once without features first: every check of the data runs before anything is extracted or sent.
@@ -114,35 +114,14 @@ public sealed class SweepRunCommand : AsyncCommand<SweepRunSettings>
         return model.Steps[model.ResolveTap(tap)].Name;
     }
 
-    /// <summary>A weights file must load into the architecture (a checkpoint of another one is refused here, with the diff); returns its sha256.</summary>
-    private static async Task<string?> CheckWeightsAsync(SweepSpec spec, TrialChoice choice, ArchitectureInfo architecture, CancellationToken ct)
-    {
-        if (choice.Weights.Kind != SpecWeightsKind.File)
-        {
-            return null;
-        }
-        try
-        {
-            return await WeightsStaging.CheckAsync(choice.Weights.FullPath!, architecture, model: null, ct);
-        }
-        catch (WeightsCheckException e)
-        {
-            throw new SpecException($"{spec.Source} line {spec.Weights.Line}: weights '{choice.Weights.Text}' {e.Message}", e);
-        }
-    }
-
     /// <summary>What the trial's messages name as its weights (a staged file, or builtin/random) and their hash.</summary>
-    private static async Task<(string Weights, string Hash)> StageWeightsAsync(TrialChoice choice, ArchitectureInfo architecture, string? sha256, FileStore store, CancellationToken ct)
+    private static async Task<(string Weights, string Hash)> StageWeightsAsync(TrialChoice choice, string? sha256, FileStore store, CancellationToken ct)
     {
-        if (choice.Weights.Kind == SpecWeightsKind.Builtin)
+        if (WeightsStaging.UnstagedHash(choice) is string unstaged)
         {
-            return ("builtin", $"builtin:{architecture.Name}");
+            return (choice.Weights.Kind == SpecWeightsKind.Builtin ? "builtin" : "random", unstaged);
         }
-        if (choice.Weights.Kind == SpecWeightsKind.Random || sha256 is null)
-        {
-            return ("random", $"random:{choice.Seed}");
-        }
-        return (await WeightsStaging.StageAsync(store, choice.Weights.FullPath!, sha256, ct), WeightsStaging.HashName(sha256));
+        return (await WeightsStaging.StageAsync(store, choice.Weights.FullPath!, sha256!, ct), WeightsStaging.HashName(sha256!));
     }
 
     /// <summary>Follows the trial through the database until the sweep ends (or the timeout), with a progress bar in a terminal.</summary>
