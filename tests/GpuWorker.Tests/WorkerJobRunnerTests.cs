@@ -40,9 +40,9 @@ public sealed class WorkerJobRunnerTests
                 _calls.Add($"completed {r.Value} recorded-before={before}");
                 return Task.CompletedTask;
             },
-            Failed: canFail ? reason =>
+            Failed: canFail ? (reason, retriable) =>
             {
-                _calls.Add($"failed: {reason}");
+                _calls.Add($"failed: {reason}" + (retriable ? " (retriable)" : ""));
                 return Task.CompletedTask;
             } : null);
     }
@@ -82,7 +82,7 @@ public sealed class WorkerJobRunnerTests
         await Runner.RunAsync("job/1", Job(compute: _ => throw new ArgumentException("unknown layer 'x'")), default);
         await Runner.RunAsync("job/2", Job(compute: _ => throw new AggregateException(new InvalidOperationException("a bug"))), default);
 
-        _calls.ShouldBe(["compute while tracking job/1", "failed: unknown layer 'x'", "compute while tracking job/2", "failed: a bug"]);
+        _calls.ShouldBe(["compute while tracking job/1", "failed: unknown layer 'x'", "compute while tracking job/2", "failed: a bug (retriable)"]);
         WorkerJobRunner.IsExplained(new ArgumentException("x")).ShouldBeTrue();
         WorkerJobRunner.IsExplained(new InvalidOperationException("x")).ShouldBeFalse();
     }

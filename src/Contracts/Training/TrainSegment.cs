@@ -68,6 +68,9 @@ public sealed record SegmentFailed
     public required string WorkerId { get; init; }
 
     public required string Reason { get; init; }
+
+    /// <summary>The failure may not recur elsewhere (an I/O error, memory): the coordinator retries up to the sweep's attempts.</summary>
+    public bool Retriable { get; init; }
 }
 
 /// <summary>Worker → coordinator, at most about once a second while a segment trains: where it is (the CLI's progress bar).</summary>

@@ -34,7 +34,8 @@ public sealed class CliContext
 
     public bool IsEmbedded => Settings.Mode == RuntimeMode.Embedded;
 
-    public static CliContext Create(GlobalSettings options, bool serviceLogging = false)
+    /// <param name="embeddedOnly">The command runs embedded whatever the configuration says (`demo`).</param>
+    public static CliContext Create(GlobalSettings options, bool serviceLogging = false, bool embeddedOnly = false)
     {
         var overrides = new Dictionary<string, string?>();
         foreach (string s in options.Set)
@@ -52,7 +53,7 @@ public sealed class CliContext
             .AddEnvironmentVariables()
             .AddInMemoryCollection(overrides)
             .Build();
-        RuntimeMode? mode = options.Embedded ? RuntimeMode.Embedded : options.Cluster ? RuntimeMode.Cluster : null;
+        RuntimeMode? mode = options.Embedded || embeddedOnly ? RuntimeMode.Embedded : options.Cluster ? RuntimeMode.Cluster : null;
         ClusterRuntimeSettings settings = ClusterSettingsResolver.Resolve(configuration, mode);
 
         // The CLI writes results on stdout and logs on stderr; the service logs JSON lines on stdout in the cluster.
@@ -136,6 +137,11 @@ public sealed class CliContext
             parts.Add(new WorkerBusPart());
         }
         builder.Services.AddClusterBus(Settings, parts.ToArray());
+        if (coordinatorService && !IsEmbedded)
+        {
+            // After the bus (registered above, so started first): a restarted service continues every unfinished sweep.
+            builder.Services.AddHostedService<SweepRecoveryOnStart>();
+        }
         return builder.Build();
     }
 }

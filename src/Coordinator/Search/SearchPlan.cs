@@ -1,3 +1,4 @@
+using Cluster.Contracts.Training;
 using Cluster.Coordinator.Specs;
 
 namespace Cluster.Coordinator.Search;
@@ -20,14 +21,18 @@ public sealed class SearchPlan
 
     private readonly Func<int, TrialChoice> _configuration;
 
-    private SearchPlan(Func<int, TrialChoice> configuration, int configurations, ISearchMethod method)
+    private SearchPlan(Func<int, TrialChoice> configuration, int configurations, ISearchMethod method, SweepSearch settings)
     {
         _configuration = configuration;
         Configurations = configurations;
         Method = method;
+        Settings = settings;
     }
 
     public ISearchMethod Method { get; }
+
+    /// <summary>The method's settings as the coordinator service records them and rebuilds the method from.</summary>
+    public SweepSearch Settings { get; }
 
     /// <summary>How many configurations the method may create.</summary>
     public int Configurations { get; }
@@ -45,6 +50,7 @@ public sealed class SearchPlan
         long seed = spec.Seed.IsSingle ? spec.Seed.Single : 0;
         Func<int, TrialChoice> drawn = n => space.Sample(n, seed);
         Func<int, TrialChoice> gridPoint = n => space.GridPoint(n, seed);
+        SweepSearch Exhaustive(string method) => new() { Method = method, Parallelism = spec.Parallelism, Metric = spec.Metric.Name, Mode = spec.Metric.Mode };
         switch (search.Method)
         {
             case "grid":
@@ -55,12 +61,12 @@ public sealed class SearchPlan
                 {
                     throw new SpecException($"{where} would run {size:N0} trials (limit {MaxTrials:N0}); use search: {{method: random, trials: N}}");
                 }
-                return new SearchPlan(gridPoint, (int)size, new ExhaustiveSearch((int)size, n => gridPoint(n).Epochs, spec.Parallelism));
+                return new SearchPlan(gridPoint, (int)size, new ExhaustiveSearch((int)size, n => gridPoint(n).Epochs, spec.Parallelism), Exhaustive("grid"));
             }
             case "random":
             {
                 int trials = search.Trials ?? DefaultTrials;
-                return new SearchPlan(drawn, trials, new ExhaustiveSearch(trials, n => drawn(n).Epochs, spec.Parallelism));
+                return new SearchPlan(drawn, trials, new ExhaustiveSearch(trials, n => drawn(n).Epochs, spec.Parallelism), Exhaustive("random"));
             }
             case "asha":
             {
@@ -82,9 +88,8 @@ public sealed class SearchPlan
                     throw new SpecException($"{where} over the grid would run {space.GridSize:N0} trials (limit {MaxTrials:N0}); give search.trials to draw fewer");
                 }
                 int trials = grid ? (int)space.GridSize : search.Trials!.Value;
-                MetricGoal goal = spec.Metric.Mode == "min" ? MetricGoal.Minimize : MetricGoal.Maximize;
-                return new SearchPlan(grid ? gridPoint : drawn, trials,
-                    new AshaSearch(new AshaSettings(minEpochs, epochs, search.Reduction ?? DefaultReduction, trials, spec.Parallelism, goal)));
+                SweepSearch settings = Exhaustive("asha") with { MinEpochs = minEpochs, MaxEpochs = epochs, Reduction = search.Reduction ?? DefaultReduction };
+                return new SearchPlan(grid ? gridPoint : drawn, trials, SearchMethods.Create(settings, trials, _ => epochs), settings);
             }
             default:
                 throw new SpecException($"{where}: unknown method; allowed: {string.Join(", ", SpecNames.SearchMethods)}");

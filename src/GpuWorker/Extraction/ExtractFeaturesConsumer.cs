@@ -28,7 +28,7 @@ public sealed class ExtractFeaturesConsumer(FeatureExtractor extractor, WorkerId
                 SkippedCount = outcome.SkippedCount,
                 Seconds = outcome.Seconds,
             }),
-            Failed: async reason =>
+            Failed: async (reason, _) =>
             {
                 // The requester can run the request again to retry just the failed shards.
                 await extractor.RecordFailureAsync(job, reason);

@@ -16,14 +16,15 @@ namespace Cluster.GpuWorker.Hosting;
 /// <param name="Record">Writes the result; not cancellable (once computed, a result is worth keeping while shutting down). A
 /// <see cref="DbUpdateException"/> from it is a lost race when <paramref name="FindRecorded"/> then finds a result.</param>
 /// <param name="Completed">Announces the result; the flag says whether it was recorded before (by this or another delivery).</param>
-/// <param name="Failed">Records and announces a job that cannot be done, with its one-line reason; null: failures propagate
-/// to the bus (retry, then the error queue).</param>
+/// <param name="Failed">Records and announces a job that cannot be done, with its one-line reason and whether another try
+/// might succeed (a failure <see cref="WorkerJobRunner.IsExplained"/> does not explain: an outage, memory, a bug); null:
+/// failures propagate to the bus (retry, then the error queue).</param>
 public sealed record WorkerJob<TResult>(
     Func<CancellationToken, Task<TResult?>> FindRecorded,
     Func<CancellationToken, Task<TResult>> Compute,
     Func<TResult, Task> Record,
     Func<TResult, bool, Task> Completed,
-    Func<string, Task>? Failed = null)
+    Func<string, bool, Task>? Failed = null)
     where TResult : class;
 
 /// <summary>
@@ -71,12 +72,13 @@ public sealed class WorkerJobRunner(JobTracker jobs, ILogger<WorkerJobRunner> lo
         catch (Exception e) when (job.Failed is not null && !(e is OperationCanceledException && ct.IsCancellationRequested))
         {
             Exception cause = e is AggregateException { InnerExceptions.Count: 1 } a ? a.InnerExceptions[0] : e;
-            if (!IsExplained(cause))
+            bool explained = IsExplained(cause);
+            if (!explained)
             {
                 logger.LogError(cause, "Job {JobId} failed unexpectedly", jobId);
             }
             logger.LogError("Job {JobId} cannot be done: {Reason}", jobId, cause.Message);
-            await job.Failed(cause.Message);
+            await job.Failed(cause.Message, !explained);
         }
     }
 

@@ -26,10 +26,14 @@ public sealed class TrainSegmentConsumer(SegmentTrainer trainer, WorkerIdentity 
                 ValidationAccuracy = outcome.ValidationAccuracy, ValidationLoss = outcome.ValidationLoss, TestAccuracy = outcome.TestAccuracy,
                 StoppedEarly = outcome.StoppedEarly, Checkpoint = outcome.Checkpoint, Seconds = outcome.Seconds,
             }),
-            Failed: async reason =>
+            Failed: async (reason, retriable) =>
             {
                 await trainer.RecordFailureAsync(job, reason);
-                await context.Publish(new SegmentFailed { SweepId = job.SweepId, TrialId = job.TrialId, Segment = job.Segment, WorkerId = identity.WorkerId, Reason = reason });
+                // The coordinator tries an unexplained failure again (up to the sweep's attempts), elsewhere if it can.
+                await context.Publish(new SegmentFailed
+                {
+                    SweepId = job.SweepId, TrialId = job.TrialId, Segment = job.Segment, WorkerId = identity.WorkerId, Reason = reason, Retriable = retriable,
+                });
             }), context.CancellationToken);
     }
 

@@ -80,6 +80,8 @@ public abstract class ClusterDbContext : DbContext
             e.HasKey(x => x.Id);
             // The CLI's queries are per sweep (and per status within it): never a scan of every trial.
             e.HasIndex(x => new { x.SweepId, x.Status });
+            // The scheduler finds a trial by its number in the sweep on every search operation.
+            e.HasIndex(x => new { x.SweepId, x.Number }).IsUnique();
             e.HasIndex(x => x.PrefixKey);
         });
 

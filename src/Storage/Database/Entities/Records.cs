@@ -129,6 +129,19 @@ public sealed class SweepRecord
     public DateTime CreatedAt { get; set; }
     public DateTime? StartedAt { get; set; }
     public DateTime? CompletedAt { get; set; }
+
+    /// <summary>The search method and its settings (a SweepSearch as JSON), and its state after the last event it handled.</summary>
+    public string? Search { get; set; }
+    public string? SearchState { get; set; }
+
+    /// <summary>Failed attempts after which a trial is failed.</summary>
+    public int MaxAttempts { get; set; } = 3;
+
+    /// <summary>The wall-time budget's end: past it nothing more is dispatched.</summary>
+    public DateTime? Deadline { get; set; }
+
+    /// <summary>Why the sweep stopped before its search completed (cancelled, the wall-time budget), or null.</summary>
+    public string? StopReason { get; set; }
 }
 
 public sealed class TrialRecord
@@ -159,6 +172,7 @@ public sealed class TrialRecord
     /// <summary>The last epoch trained and recorded (0-based), or null before the first segment completes.</summary>
     public int? Epoch { get; set; }
     public double? ValidationAccuracy { get; set; }
+    public double? ValidationLoss { get; set; }
     public double? TestAccuracy { get; set; }
 
     /// <summary>The segment whose checkpoint is the best so far (the one a finished trial keeps), and its path.</summary>
@@ -170,6 +184,22 @@ public sealed class TrialRecord
 
     /// <summary>Where the running segment is (a TrialProgress as JSON), for progress bars; null when none runs.</summary>
     public string? Progress { get; set; }
+
+    /// <summary>The epochs the search last asked the trial to reach (an ASHA rung, or all of them); 0 before it is started.</summary>
+    public int TargetEpochs { get; set; }
+
+    /// <summary>Segments completed and recorded; the next segment sent has this index.</summary>
+    public int CompletedSegments { get; set; }
+
+    /// <summary>The segment sent and not yet reported, or null when none is in flight.</summary>
+    public int? DispatchedSegment { get; set; }
+    public DateTime? DispatchedAt { get; set; }
+
+    /// <summary>Early stopping ended the trial's training before its epochs.</summary>
+    public bool StoppedEarly { get; set; }
+
+    /// <summary>The worker that trained its last segment.</summary>
+    public string? WorkerId { get; set; }
     public DateTime CreatedAt { get; set; }
     public DateTime? StartedAt { get; set; }
     public DateTime? CompletedAt { get; set; }

@@ -445,10 +445,26 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .HasColumnType("timestamp with time zone")
                         .HasColumnName("created_at");
 
+                    b.Property<DateTime?>("Deadline")
+                        .HasColumnType("timestamp with time zone")
+                        .HasColumnName("deadline");
+
+                    b.Property<int>("MaxAttempts")
+                        .HasColumnType("integer")
+                        .HasColumnName("max_attempts");
+
                     b.Property<string>("Name")
                         .IsRequired()
                         .HasColumnType("text")
                         .HasColumnName("name");
+
+                    b.Property<string>("Search")
+                        .HasColumnType("text")
+                        .HasColumnName("search");
+
+                    b.Property<string>("SearchState")
+                        .HasColumnType("text")
+                        .HasColumnName("search_state");
 
                     b.Property<string>("SpecHash")
                         .IsRequired()
@@ -469,6 +485,10 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .HasMaxLength(32)
                         .HasColumnType("character varying(32)")
                         .HasColumnName("status");
+
+                    b.Property<string>("StopReason")
+                        .HasColumnType("text")
+                        .HasColumnName("stop_reason");
 
                     b.HasKey("Id")
                         .HasName("pk_sweeps");
@@ -509,9 +529,21 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .HasColumnType("timestamp with time zone")
                         .HasColumnName("completed_at");
 
+                    b.Property<int>("CompletedSegments")
+                        .HasColumnType("integer")
+                        .HasColumnName("completed_segments");
+
                     b.Property<DateTime>("CreatedAt")
                         .HasColumnType("timestamp with time zone")
                         .HasColumnName("created_at");
+
+                    b.Property<DateTime?>("DispatchedAt")
+                        .HasColumnType("timestamp with time zone")
+                        .HasColumnName("dispatched_at");
+
+                    b.Property<int?>("DispatchedSegment")
+                        .HasColumnType("integer")
+                        .HasColumnName("dispatched_segment");
 
                     b.Property<int?>("Epoch")
                         .HasColumnType("integer")
@@ -568,6 +600,10 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .HasColumnType("character varying(32)")
                         .HasColumnName("status");
 
+                    b.Property<bool>("StoppedEarly")
+                        .HasColumnType("boolean")
+                        .HasColumnName("stopped_early");
+
                     b.Property<string>("Strategy")
                         .IsRequired()
                         .HasColumnType("text")
@@ -577,6 +613,10 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .HasColumnType("uuid")
                         .HasColumnName("sweep_id");
 
+                    b.Property<int>("TargetEpochs")
+                        .HasColumnType("integer")
+                        .HasColumnName("target_epochs");
+
                     b.Property<double?>("TestAccuracy")
                         .HasColumnType("double precision")
                         .HasColumnName("test_accuracy");
@@ -585,11 +625,23 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .HasColumnType("double precision")
                         .HasColumnName("validation_accuracy");
 
+                    b.Property<double?>("ValidationLoss")
+                        .HasColumnType("double precision")
+                        .HasColumnName("validation_loss");
+
+                    b.Property<string>("WorkerId")
+                        .HasColumnType("text")
+                        .HasColumnName("worker_id");
+
                     b.HasKey("Id")
                         .HasName("pk_trials");
 
                     b.HasIndex("PrefixKey")
                         .HasDatabaseName("ix_trials_prefix_key");
+
+                    b.HasIndex("SweepId", "Number")
+                        .IsUnique()
+                        .HasDatabaseName("ix_trials_sweep_id_number");
 
                     b.HasIndex("SweepId", "Status")
                         .HasDatabaseName("ix_trials_sweep_id_status");

@@ -436,10 +436,26 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .HasColumnType("TEXT")
                         .HasColumnName("created_at");
 
+                    b.Property<DateTime?>("Deadline")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("deadline");
+
+                    b.Property<int>("MaxAttempts")
+                        .HasColumnType("INTEGER")
+                        .HasColumnName("max_attempts");
+
                     b.Property<string>("Name")
                         .IsRequired()
                         .HasColumnType("TEXT")
                         .HasColumnName("name");
+
+                    b.Property<string>("Search")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("search");
+
+                    b.Property<string>("SearchState")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("search_state");
 
                     b.Property<string>("SpecHash")
                         .IsRequired()
@@ -460,6 +476,10 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .HasMaxLength(32)
                         .HasColumnType("TEXT")
                         .HasColumnName("status");
+
+                    b.Property<string>("StopReason")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("stop_reason");
 
                     b.HasKey("Id")
                         .HasName("pk_sweeps");
@@ -500,9 +520,21 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .HasColumnType("TEXT")
                         .HasColumnName("completed_at");
 
+                    b.Property<int>("CompletedSegments")
+                        .HasColumnType("INTEGER")
+                        .HasColumnName("completed_segments");
+
                     b.Property<DateTime>("CreatedAt")
                         .HasColumnType("TEXT")
                         .HasColumnName("created_at");
+
+                    b.Property<DateTime?>("DispatchedAt")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("dispatched_at");
+
+                    b.Property<int?>("DispatchedSegment")
+                        .HasColumnType("INTEGER")
+                        .HasColumnName("dispatched_segment");
 
                     b.Property<int?>("Epoch")
                         .HasColumnType("INTEGER")
@@ -559,6 +591,10 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .HasColumnType("TEXT")
                         .HasColumnName("status");
 
+                    b.Property<bool>("StoppedEarly")
+                        .HasColumnType("INTEGER")
+                        .HasColumnName("stopped_early");
+
                     b.Property<string>("Strategy")
                         .IsRequired()
                         .HasColumnType("TEXT")
@@ -568,6 +604,10 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .HasColumnType("TEXT")
                         .HasColumnName("sweep_id");
 
+                    b.Property<int>("TargetEpochs")
+                        .HasColumnType("INTEGER")
+                        .HasColumnName("target_epochs");
+
                     b.Property<double?>("TestAccuracy")
                         .HasColumnType("REAL")
                         .HasColumnName("test_accuracy");
@@ -576,11 +616,23 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .HasColumnType("REAL")
                         .HasColumnName("validation_accuracy");
 
+                    b.Property<double?>("ValidationLoss")
+                        .HasColumnType("REAL")
+                        .HasColumnName("validation_loss");
+
+                    b.Property<string>("WorkerId")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("worker_id");
+
                     b.HasKey("Id")
                         .HasName("pk_trials");
 
                     b.HasIndex("PrefixKey")
                         .HasDatabaseName("ix_trials_prefix_key");
+
+                    b.HasIndex("SweepId", "Number")
+                        .IsUnique()
+                        .HasDatabaseName("ix_trials_sweep_id_number");
 
                     b.HasIndex("SweepId", "Status")
                         .HasDatabaseName("ix_trials_sweep_id_status");
