@@ -38,6 +38,37 @@ public sealed class EmbeddedAndSchemaTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task The_demo_runs_from_a_fresh_folder_with_no_servers_and_a_second_run_reuses_its_features()
+    {
+        // A new, empty working folder and no settings: the demo brings its own spec and images and stores under ./.cluster.
+        string folder = Directory.CreateDirectory(Path.Combine(_cluster.StorageRoot, "fresh")).FullName;
+        var environment = new Dictionary<string, string> { ["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1" };
+        await using ClusterProcess demo = ClusterProcess.Start(RepoPaths.CoordinatorDll, environment, folder, "demo", "--format", "json");
+
+        (await demo.WaitForExitAsync(TimeSpan.FromMinutes(10))).ShouldBe(0, demo.Describe());
+
+        using JsonDocument results = JsonDocument.Parse(demo.StandardOutput);
+        results.RootElement.GetProperty("status").GetString().ShouldBe("completed");
+        JsonElement[] trials = [.. results.RootElement.GetProperty("trials").EnumerateArray()];
+        trials.Length.ShouldBe(12);
+        trials.Select(t => t.GetProperty("params").GetProperty("strategy").GetString()).Distinct().Order()
+            .ShouldBe(["feature-extractor", "fine-tune-all", "fine-tune-top"]);
+        trials.ShouldAllBe(t => t.GetProperty("status").GetString() == "completed");
+        // Ten classes (chance is 0.1) from 320 training images: the leaderboard's best is far above chance.
+        trials[0].GetProperty("val_accuracy").GetDouble().ShouldBeGreaterThan(0.6);
+        trials.Select(t => t.GetProperty("val_accuracy").GetDouble()).ShouldBeInOrder(SortDirection.Descending);
+        string features = Path.Combine(folder, ".cluster", "features");
+        string[] sets = Directory.GetDirectories(features);
+        sets.Length.ShouldBe(10, "train and test at layer3 and layer4, pooled and not, and the global pool");
+        DateTime[] written = [.. sets.SelectMany(s => Directory.GetFiles(s, "shard-*")).Select(File.GetLastWriteTimeUtc)];
+
+        await using ClusterProcess again = ClusterProcess.Start(RepoPaths.CoordinatorDll, environment, folder, "demo", "--format", "json");
+        (await again.WaitForExitAsync(TimeSpan.FromMinutes(10))).ShouldBe(0, again.Describe());
+        Directory.GetDirectories(features).Length.ShouldBe(10);
+        sets.SelectMany(s => Directory.GetFiles(s, "shard-*")).Select(File.GetLastWriteTimeUtc).ShouldBe(written, "nothing extracted again");
+    }
+
+    [Fact]
     public async Task Db_migrate_creates_the_schema_in_postgres_and_a_second_run_changes_nothing()
     {
         (int first, ClusterProcess migrate) = await _cluster.RunCoordinatorAsync(s_deadline, "db", "migrate", "--format", "json");

@@ -76,12 +76,16 @@ public static class CoordinatorCli
         {
             c.SetApplicationName("coordinator");
             c.PropagateExceptions();
+            c.AddCommand<DemoCommand>("demo")
+                .WithDescription("An embedded sweep on the bundled Fashion-MNIST sample (ResNet-18: heads on features, fine-tune-top, fine-tune-all), then the leaderboard.")
+                .WithExample("demo")
+                .WithExample("demo", "--format", "json");
             c.AddCommand<SelfTestCommand>("selftest")
                 .WithDescription("Send a small TorchSharp job to the workers and print the result as recorded in the database.")
                 .WithExample("selftest")
                 .WithExample("selftest", "--cluster", "--format", "json");
             c.AddCommand<ServeCommand>("serve")
-                .WithDescription("Run the coordinator service (records worker heartbeats; later: plans and schedules sweeps).");
+                .WithDescription("Run the coordinator service: records worker heartbeats, schedules sweeps from the workers' events, continues unfinished sweeps after a restart.");
             c.AddCommand<WorkersCommand>("workers")
                 .WithDescription("List live workers from their heartbeats.");
             c.AddCommand<ExtractCommand>("extract")
@@ -102,7 +106,23 @@ public static class CoordinatorCli
                 sweep.AddCommand<SweepRunCommand>("run")
                     .WithDescription("Run a spec to completion (embedded by default) with a progress bar, then print its results; a spec whose every field has one value is one trial.")
                     .WithExample("sweep", "run", "examples/fashion-one-trial.yaml")
-                    .WithExample("sweep", "run", "examples/feature-extractor-logistic.yaml", "--format", "json");
+                    .WithExample("sweep", "run", "examples/feature-extractor-logistic.yaml", "--format", "json")
+                    .WithExample("sweep", "run", "examples/fashion-transfer.yaml", "--no-share");
+                sweep.AddCommand<SweepSubmitCommand>("submit")
+                    .WithDescription("Check a spec, make sure of its feature sets, and hand the sweep to the cluster's coordinator service; prints its id.")
+                    .WithExample("sweep", "submit", "examples/fashion-transfer.yaml", "--cluster");
+                sweep.AddCommand<SweepListCommand>("list").WithDescription("Every sweep, newest first: state, trials ended, best validation accuracy.");
+                sweep.AddCommand<SweepStatusCommand>("status").WithDescription("A sweep's state and its trials (failed ones with their reasons), once.")
+                    .WithExample("sweep", "status", "3f9a0c1d");
+                sweep.AddCommand<SweepWatchCommand>("watch").WithDescription("A live table of a sweep's trials (state, rung, epoch, metric, worker) until it ends.")
+                    .WithExample("sweep", "watch", "3f9a0c1d");
+                sweep.AddCommand<SweepResultsCommand>("results").WithDescription("The leaderboard, best first: a table, DESIGN.md's JSON results format, or CSV.")
+                    .WithExample("sweep", "results", "3f9a0c1d", "--top", "5")
+                    .WithExample("sweep", "results", "3f9a0c1d", "--format", "csv");
+                sweep.AddCommand<SweepCancelCommand>("cancel").WithDescription("Stop dispatching a sweep's work; segments in flight finish at their checkpoint.")
+                    .WithExample("sweep", "cancel", "3f9a0c1d");
+                sweep.AddCommand<SweepResumeCommand>("resume").WithDescription("Continue a cancelled or interrupted sweep, each trial from its last checkpoint (embedded: here, to its end).")
+                    .WithExample("sweep", "resume", "3f9a0c1d");
             });
             c.AddBranch("storage", storage =>
             {

@@ -8,6 +8,9 @@ public enum OutputFormat
 {
     Table,
     Json,
+
+    /// <summary>Only where a command prints rows a spreadsheet takes (`sweep results`).</summary>
+    Csv,
 }
 
 /// <summary>Options every command takes.</summary>
@@ -22,7 +25,7 @@ public class GlobalSettings : CommandSettings
     public bool Cluster { get; init; }
 
     [CommandOption("--format <FORMAT>")]
-    [Description("Output: table (default) or json.")]
+    [Description("Output: table (default) or json (csv where a command says so).")]
     [DefaultValue(OutputFormat.Table)]
     public OutputFormat Format { get; init; }
 
@@ -38,8 +41,15 @@ public class GlobalSettings : CommandSettings
     [Description("Override any setting, e.g. --set RabbitMq:Host=10.0.0.5 (repeatable).")]
     public string[] Set { get; init; } = [];
 
+    /// <summary>Whether the command can print `--format csv`.</summary>
+    protected virtual bool PrintsCsv => false;
+
     public override ValidationResult Validate()
     {
+        if (Format == OutputFormat.Csv && !PrintsCsv)
+        {
+            return ValidationResult.Error("--format csv is for `sweep results` only; use table or json.");
+        }
         if (Embedded && Cluster)
         {
             return ValidationResult.Error("--embedded and --cluster exclude each other; give one.");

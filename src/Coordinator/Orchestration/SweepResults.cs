@@ -25,7 +25,7 @@ public sealed record SweepResults(
         return new SweepResults(sweep.Id.ToString(), sweep.Name, StatusName(sweep.Status), $"reports/{sweep.Id}/index.html",
             [.. trials.Select(t => new TrialResult(
                 t.Id.ToString(), StatusName(t.Status), JsonNode.Parse(t.Hyperparameters)!.AsObject(), (t.Epoch ?? -1) + 1,
-                t.BestMetric, t.TestAccuracy, Math.Round(t.Seconds, 2), t.Checkpoint, t.FailureReason))]);
+                t.BestMetric, t.TestAccuracy, Math.Round(t.Seconds, 2), t.Checkpoint, t.FailureReason, t.ValidationLoss))]);
     }
 
     private static string StatusName<T>(T status) where T : struct, Enum => status.ToString().ToLowerInvariant();
@@ -33,6 +33,7 @@ public sealed record SweepResults(
 
 /// <param name="Epochs">Epochs trained (fewer than planned when the trial stopped early).</param>
 /// <param name="ValAccuracy">The best validation accuracy of the trial (that of the checkpoint it keeps).</param>
+/// <param name="ValLoss">The validation loss after its last epoch (what a `val_loss` sweep ranks by).</param>
 public sealed record TrialResult(
     [property: JsonPropertyName("id")] string Id,
     [property: JsonPropertyName("status")] string Status,
@@ -42,4 +43,5 @@ public sealed record TrialResult(
     [property: JsonPropertyName("test_accuracy")] double? TestAccuracy,
     [property: JsonPropertyName("seconds")] double Seconds,
     [property: JsonPropertyName("checkpoint")] string? Checkpoint,
-    [property: JsonPropertyName("failure")] string? Failure);
+    [property: JsonPropertyName("failure")] string? Failure,
+    [property: JsonPropertyName("val_loss")] double? ValLoss = null);

@@ -25,9 +25,10 @@ public sealed record ExtractionRequest(
     int ShardSize,
     int BatchSize,
     int? InputSize = null,
-    string StorageDtype = "fp32")
+    string StorageDtype = "fp32",
+    string? Scope = null)
 {
-    public FrozenPrefixKey Key => new(Model, WeightsHash, Layer, Pooling, Preprocessing, Precision, Dataset.Id, StorageDtype);
+    public FrozenPrefixKey Key => new(Model, WeightsHash, Layer, Pooling, Preprocessing, Precision, Dataset.Id, StorageDtype, Scope);
 }
 
 /// <summary>The feature set, and the shard jobs still to send (none when it is complete: the cache answered).</summary>

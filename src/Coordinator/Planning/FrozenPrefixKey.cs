@@ -10,9 +10,11 @@ namespace Cluster.Coordinator.Planning;
 /// <param name="Layer">The canonical step name (aliases resolved), so `block5_pool` and `features.36` share a key.</param>
 /// <param name="Preprocessing">The preprocessing's name, which includes its input size (`...-64`).</param>
 /// <param name="StorageDtype">How the activations are stored (fp32, bf16, fp16): rounded values are other values.</param>
+/// <param name="Scope">Null for a set anyone may reuse; a trial's id for a set only that trial uses (`sweep run --no-share`,
+/// which computes every trial's prefix itself, as sweep systems without sharing do, for comparison).</param>
 public sealed record FrozenPrefixKey(
     string Model, string WeightsHash, string Layer, string Pooling, string Preprocessing, string Precision, string DatasetId,
-    string StorageDtype = "fp32")
+    string StorageDtype = "fp32", string? Scope = null)
 {
     /// <summary>Readable and unique: `resnet18.avgpool.3f9a0c1d2e4b5a69c7d8`.</summary>
     public string Value
@@ -25,6 +27,10 @@ public sealed record FrozenPrefixKey(
             if (StorageDtype != "fp32")
             {
                 canonical += "\nstorage:" + StorageDtype;
+            }
+            if (Scope is not null)
+            {
+                canonical += "\nscope:" + Scope;
             }
             string hash = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(canonical)))[..20];
             return $"{Model}.{Layer}.{hash}";

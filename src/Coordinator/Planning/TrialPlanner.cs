@@ -131,10 +131,40 @@ public static class TrialPlanner
             Settings = settings,
             Data = data,
             SegmentEpochs = spec.SegmentEpochs,
-            Params = JsonSerializer.Serialize(SweepSpec.Params(choice)),
+            Params = JsonSerializer.Serialize(UsedParams(choice)),
             PrefixKey = cutoffFeatures.GetValueOrDefault(datasets.Train.Id),
         };
     }
+
+    /// <summary>
+    /// The spec fields a choice's strategy does not use (a grid over cutoffs also varies fine-tune-all's cutoff, which it
+    /// ignores): two configurations that differ only in these are one trial. Mirrors what <see cref="TrialPlan.From"/>
+    /// and the heads read: feature-extractor trains its head with the head's own optimizer (the mlp's epochs, rate and
+    /// decay are the spec's; logistic, knn and sdca use none of them).
+    /// </summary>
+    public static IReadOnlyList<string> UnusedFields(TrialChoice choice)
+    {
+        ArgumentNullException.ThrowIfNull(choice);
+        return choice.Strategy switch
+        {
+            "feature-extractor" => choice.Head == "mlp"
+                ? ["backbone_lr_scale", "optimizer", "optimizer.momentum", "schedule", "head_epochs", "patience"]
+                : ["lr", "epochs", "backbone_lr_scale", "optimizer", "optimizer.momentum", "optimizer.weight_decay", "schedule", "head_epochs", "patience"],
+            "fine-tune-top" => ["head"],
+            _ => ["cutoff", "head", "head_epochs"],
+        };
+    }
+
+    /// <summary>The spec's fields with the choice's values, those the strategy uses only (DESIGN.md's results `params`).</summary>
+    public static IReadOnlyDictionary<string, object> UsedParams(TrialChoice choice)
+    {
+        var unused = UnusedFields(choice).ToHashSet(StringComparer.Ordinal);
+        return SweepSpec.Params(choice).Where(p => !unused.Contains(p.Key)).ToDictionary(StringComparer.Ordinal);
+    }
+
+    /// <summary>What makes two configurations the same trial: their values of the fields the strategy uses.</summary>
+    public static string Identity(TrialChoice choice) =>
+        JsonSerializer.Serialize(UsedParams(choice).OrderBy(p => p.Key, StringComparer.Ordinal).ToDictionary());
 
     /// <summary>The checks of a choice that need no data (strategy, precision, head), run before the datasets are scanned.</summary>
     public static void Check(SweepSpec spec, TrialChoice choice) => CheckTrainable(spec, Settings(choice, "random", "random:0"), classes: 2);

@@ -67,19 +67,23 @@ public sealed class SweepPlanCommandTests : IDisposable
         {
             JsonElement root = plan.RootElement;
             root.GetProperty("method").GetString().ShouldBe("grid");
-            root.GetProperty("trial_count").GetInt32().ShouldBe(4);
+            // The logistic head uses no learning rate: its two configurations are one trial, the second left out.
+            root.GetProperty("trial_count").GetInt32().ShouldBe(3);
             JsonElement[] trials = [.. root.GetProperty("trials").EnumerateArray()];
-            trials.Select(t => (t.GetProperty("params").GetProperty("head").GetString(), t.GetProperty("params").GetProperty("lr").GetDouble()))
-                .ShouldBe([("logistic", 0.01), ("logistic", 0.001), ("mlp", 0.01), ("mlp", 0.001)]);
-            // Train (its validation quarter comes from the same set) and test: two sets, each shared by all four trials.
+            trials.Select(t => (t.GetProperty("params").GetProperty("head").GetString(), t.GetProperty("params").TryGetProperty("lr", out JsonElement lr) ? lr.GetDouble() : (double?)null))
+                .ShouldBe([("logistic", null), ("mlp", 0.01), ("mlp", 0.001)]);
+            JsonElement skipped = root.GetProperty("skipped").EnumerateArray().ShouldHaveSingleItem();
+            skipped.GetProperty("number").GetInt32().ShouldBe(1);
+            skipped.GetProperty("reason").GetString().ShouldBe("the same trial as configuration 0: feature-extractor does not use lr");
+            // Train (its validation quarter comes from the same set) and test: two sets, each shared by all three trials.
             JsonElement[] sets = [.. root.GetProperty("feature_sets").EnumerateArray()];
             sets.Length.ShouldBe(2);
-            sets.ShouldAllBe(s => s.GetProperty("trials").GetInt32() == 4 && s.GetProperty("status").GetString() == "to extract");
+            sets.ShouldAllBe(s => s.GetProperty("trials").GetInt32() == 3 && s.GetProperty("status").GetString() == "to extract");
             sets.Select(s => s.GetProperty("images").GetInt32()).Order().ShouldBe([8, 24]);
             JsonElement cost = root.GetProperty("cost");
             cost.GetProperty("images_to_extract").GetInt64().ShouldBe(32);
-            cost.GetProperty("images_to_extract_without_sharing").GetInt64().ShouldBe(4 * 32);
-            cost.GetProperty("training_image_epochs_on_features").GetInt64().ShouldBe(4 * 18 * 3);
+            cost.GetProperty("images_to_extract_without_sharing").GetInt64().ShouldBe(3 * 32);
+            cost.GetProperty("training_image_epochs_on_features").GetInt64().ShouldBe(3 * 18 * 3);
         }
         Directory.Exists(Path.Combine(Storage, "features")).ShouldBeFalse("a plan runs nothing");
 

@@ -44,51 +44,29 @@ public sealed class SweepPlanCommand : AsyncCommand<SweepPlanSettings>
             throw new ClusterConfigurationException($"spec '{settings.Spec}' does not exist.");
         }
         SweepSpec spec = SweepSpec.Load(settings.Spec);
-        SearchPlan search = SearchPlan.For(spec);
-        TrialDatasets datasets = await SpecDatasets.ScanAsync(spec, store: null, cancellationToken);
-        var layers = new Dictionary<(string Model, string Tap), string>();
-        var weightsHashes = new Dictionary<(string Model, string File), string>();
-        var trials = new List<PlannedTrialView>();
-        var skipped = new List<SkippedTrialView>();
+        SweepLayout layout = await SweepPlanner.LayoutAsync(spec, c => SpecDatasets.ScanAsync(spec, store: null, c), cancellationToken);
+        TrialDatasets datasets = layout.Datasets;
+        SearchPlan search = layout.Search;
         var sets = new Dictionary<string, FeatureSetView>(StringComparer.Ordinal);
         double validationShare = datasets.Validation is null ? spec.Dataset.ValidationFraction ?? 0 : 0;
         int trainImages = (int)Math.Round(datasets.Train.Entries.Count * (1 - validationShare));
-        for (int number = 0; number < search.Configurations; number++)
+        var trials = new List<PlannedTrialView>();
+        foreach (SweepTrialLayout trial in layout.Trials)
         {
-            TrialChoice choice = search.Configuration(number);
-            try
-            {
-                TrialPlanner.Check(spec, choice);
-            }
-            catch (SpecException e)
-            {
-                // A combination the grid makes that cannot train (fine-tune-top cut at the last layer) is left out,
-                // as the run leaves it out; the sweep fails only if no trial is left.
-                skipped.Add(new SkippedTrialView(number, SweepSpec.Params(choice), e.Message));
-                continue;
-            }
-            string weightsHash = await WeightsHashAsync(spec, choice, weightsHashes, cancellationToken);
-            // The data checks (one class, an empty validation split) of every trial, as the run would make them.
-            TrialPlanner.Plan(spec, choice, datasets, "random", weightsHash, Guid.Empty, number);
             var keys = new List<string>();
-            foreach (FeatureNeed need in TrialPlanner.FeatureNeeds(choice, datasets))
+            foreach ((FeatureNeed need, ExtractionRequest request) in trial.Features)
             {
-                string layer = Canonical(layers, choice.Model, need.Layer);
-                ExtractionRequest request = TrialPlanner.ExtractionFor(need, choice, layer, "random", weightsHash);
                 string key = request.Key.Value;
                 keys.Add(key);
                 if (!sets.TryGetValue(key, out FeatureSetView? set))
                 {
-                    sets[key] = set = new FeatureSetView(key, choice.Model, layer, need.Pooling, choice.InputSize, need.Dataset.Id, need.Dataset.Entries.Count);
+                    sets[key] = set = new FeatureSetView(key, request.Model, request.Layer, need.Pooling, trial.Choice.InputSize, need.Dataset.Id, need.Dataset.Entries.Count);
                 }
                 set.Trials++;
             }
-            trials.Add(new PlannedTrialView(number, SweepSpec.Params(choice), keys, trainImages, choice.Epochs));
+            trials.Add(new PlannedTrialView(trial.Number, TrialPlanner.UsedParams(trial.Choice), keys, trainImages, trial.Choice.Epochs));
         }
-        if (trials.Count == 0)
-        {
-            throw new SpecException($"no trial of the {skipped.Count} the spec describes can train; the first: {skipped[0].Reason}");
-        }
+        var skipped = layout.Skipped.Select(s => new SkippedTrialView(s.Configuration, SweepSpec.Params(s.Choice), s.Reason)).ToList();
 
         await cli.RequireDatabaseAsync(cancellationToken);
         await using (ClusterDbContext db = cli.Database.CreateDbContext())
@@ -122,30 +100,6 @@ public sealed class SweepPlanCommand : AsyncCommand<SweepPlanSettings>
         }
         Render(spec, plan, settings.Show);
         return 0;
-    }
-
-    private static string Canonical(Dictionary<(string, string), string> layers, string model, string tap)
-    {
-        if (!layers.TryGetValue((model, tap), out string? layer))
-        {
-            using Backbone built = ModelCatalog.Find(model).Build();
-            layers[(model, tap)] = layer = built.Steps[built.ResolveTap(tap)].Name;
-        }
-        return layer;
-    }
-
-    /// <summary>The weights' identity as a feature-set key has it; a file is checked against its model once.</summary>
-    private static async Task<string> WeightsHashAsync(SweepSpec spec, TrialChoice choice, Dictionary<(string, string), string> hashes, CancellationToken ct)
-    {
-        if (WeightsStaging.UnstagedHash(choice) is string unstaged)
-        {
-            return unstaged;
-        }
-        if (!hashes.TryGetValue((choice.Model, choice.Weights.FullPath!), out string? hash))
-        {
-            hashes[(choice.Model, choice.Weights.FullPath!)] = hash = WeightsStaging.HashName((await WeightsStaging.CheckSpecFileAsync(spec, choice, ct))!);
-        }
-        return hash;
     }
 
     private static void Render(SweepSpec spec, SweepPlanView plan, int show)

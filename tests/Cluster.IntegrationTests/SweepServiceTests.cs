@@ -1,0 +1,175 @@
+using System.Globalization;
+using System.Text.Json;
+using Cluster.IntegrationTests.Support;
+using Cluster.Storage.Database.Entities;
+using Cluster.TestSupport.Training;
+using Microsoft.EntityFrameworkCore;
+using Shouldly;
+
+namespace Cluster.IntegrationTests;
+
+/// <summary>
+/// Sweeps in the coordinator service on real processes (RabbitMQ, PostgreSQL, `coordinator serve`, two `gpu-worker`s):
+/// the service killed with SIGKILL mid-sweep and started again finishes every trial, none lost and none trained twice;
+/// two sweeps at once share the workers; cancel stops one sweep's dispatching while the other goes on, and resume
+/// continues it to the end.
+/// </summary>
+public sealed class SweepServiceTests : IAsyncLifetime
+{
+    private static readonly TimeSpan s_deadline = TimeSpan.FromMinutes(8);
+    private IsolatedCluster _cluster = null!;
+
+    public async Task InitializeAsync()
+    {
+        _cluster = await IsolatedCluster.CreateAsync();
+        (int code, ClusterProcess migrate) = await _cluster.RunCoordinatorAsync(s_deadline, "db", "migrate");
+        code.ShouldBe(0, migrate.Describe());
+    }
+
+    public async Task DisposeAsync() => await _cluster.DisposeAsync();
+
+    /// <summary>A grid of from-scratch trials over learning rates, one epoch a segment.</summary>
+    private string WriteSpec(string name, string lrs, int parallelism, int epochs)
+    {
+        string images = Path.Combine(_cluster.StorageRoot, "..", $"images-{_cluster.Name}");
+        if (!Directory.Exists(Path.Combine(images, "train")))
+        {
+            StripeImages.Write(Path.Combine(images, "train"), perClass: 16);
+        }
+        string spec = Path.Combine(images, $"{name}.yaml");
+        File.WriteAllText(spec, $"""
+            name: {name}
+            dataset:
+              train: train
+              validation: 0.25
+            model: resnet18
+            weights: random
+            input_size: 32
+            strategy: from-scratch
+            lr: {lrs}
+            optimizer: sgd
+            epochs: {epochs}
+            batch_size: 8
+            segment_epochs: 1
+            seed: 9
+            parallelism: {parallelism}
+            """);
+        return spec;
+    }
+
+    private async Task<Guid> SubmitAsync(string spec)
+    {
+        (int code, ClusterProcess submit) = await _cluster.RunCoordinatorAsync(s_deadline, "sweep", "submit", spec, "--cluster", "--format", "json");
+        code.ShouldBe(0, submit.Describe());
+        using JsonDocument json = JsonDocument.Parse(submit.StandardOutput);
+        return json.RootElement.GetProperty("sweep").GetGuid();
+    }
+
+    private async Task<SweepRecord?> SweepAsync(Guid id)
+    {
+        await using var db = _cluster.Database();
+        return await db.Sweeps.AsNoTracking().SingleOrDefaultAsync(s => s.Id == id);
+    }
+
+    private Task WaitForStatusAsync(Guid id, SweepStatus status, string what) =>
+        Eventually.WaitAsync(async () => (await SweepAsync(id))?.Status == status, s_deadline, what);
+
+    /// <summary>Every trial ended completed, with exactly one segment per epoch and one metric row per epoch and split.</summary>
+    private async Task ShouldHaveTrainedEachTrialOnceAsync(Guid sweepId, int trials, int epochs)
+    {
+        await using var db = _cluster.Database();
+        List<TrialRecord> recorded = await db.Trials.AsNoTracking().Where(t => t.SweepId == sweepId).ToListAsync();
+        recorded.Count.ShouldBe(trials);
+        recorded.ShouldAllBe(t => t.Status == TrialStatus.Completed && t.Epoch == epochs - 1 && t.CompletedSegments == epochs && t.DispatchedSegment == null);
+        Guid[] ids = [.. recorded.Select(t => t.Id)];
+        List<SegmentRecord> segments = await db.Segments.AsNoTracking().Where(s => ids.Contains(s.TrialId)).ToListAsync();
+        segments.GroupBy(s => s.TrialId).ShouldAllBe(g => g.Select(s => s.Index).Order().SequenceEqual(Enumerable.Range(0, epochs)));
+        segments.ShouldAllBe(s => s.Status == SegmentStatus.Completed);
+        List<EpochMetricRecord> metrics = await db.EpochMetrics.AsNoTracking().Where(m => ids.Contains(m.TrialId)).ToListAsync();
+        metrics.Count.ShouldBe(trials * epochs * 2, "train and validation rows for each epoch");
+        metrics.GroupBy(m => (m.TrialId, m.Epoch, m.Split)).ShouldAllBe(g => g.Count() == 1);
+    }
+
+    private static async Task KillAsync(ClusterProcess process)
+    {
+        using (var kill = System.Diagnostics.Process.Start("kill", ["-KILL", process.Id.ToString(CultureInfo.InvariantCulture)]))
+        {
+            await kill.WaitForExitAsync();
+        }
+        await process.WaitForExitAsync(s_deadline);
+    }
+
+    [Fact]
+    public async Task A_coordinator_killed_mid_sweep_and_restarted_finishes_every_trial_with_none_lost_or_trained_twice()
+    {
+        string spec = WriteSpec("restart", "[0.01, 0.02, 0.03, 0.04]", parallelism: 2, epochs: 4);
+        ClusterProcess serve = _cluster.Coordinator("serve", "--cluster");
+        _cluster.Worker("--device", "cpu", "--id", "a-" + _cluster.Name);
+        _cluster.Worker("--device", "cpu", "--id", "b-" + _cluster.Name);
+        Guid sweepId = await SubmitAsync(spec);
+
+        // Some segments recorded, the sweep under way: then the coordinator dies, with events and sends in flight.
+        await Eventually.WaitAsync(async () =>
+        {
+            await using var db = _cluster.Database();
+            return await db.Trials.AsNoTracking().Where(t => t.SweepId == sweepId).SumAsync(t => t.CompletedSegments) >= 2;
+        }, s_deadline, "two segments of the sweep to be recorded");
+        await KillAsync(serve);
+        _cluster.Coordinator("serve", "--cluster");
+
+        await WaitForStatusAsync(sweepId, SweepStatus.Completed, "the sweep to complete after the restart");
+        await ShouldHaveTrainedEachTrialOnceAsync(sweepId, trials: 4, epochs: 4);
+        (int code, ClusterProcess results) = await _cluster.RunCoordinatorAsync(s_deadline, "sweep", "results", sweepId.ToString(), "--cluster", "--format", "json");
+        code.ShouldBe(0, results.Describe());
+        using JsonDocument json = JsonDocument.Parse(results.StandardOutput);
+        json.RootElement.GetProperty("trials").EnumerateArray().Count().ShouldBe(4);
+    }
+
+    [Fact]
+    public async Task Two_sweeps_share_the_workers_and_a_cancelled_one_waits_until_resumed()
+    {
+        // The first sweep is long (18 one-epoch segments, one at a time), so the cancel lands while it runs.
+        string first = WriteSpec("first", "[0.01, 0.02, 0.03]", parallelism: 1, epochs: 6);
+        string second = WriteSpec("second", "[0.05, 0.06]", parallelism: 1, epochs: 2);
+        _cluster.Coordinator("serve", "--cluster");
+        _cluster.Worker("--device", "cpu", "--id", "a-" + _cluster.Name);
+        _cluster.Worker("--device", "cpu", "--id", "b-" + _cluster.Name);
+        Guid a = await SubmitAsync(first);
+        Guid b = await SubmitAsync(second);
+
+        // Cancel the first once it has recorded a segment: what it has in flight finishes, then it sends nothing more.
+        await Eventually.WaitAsync(async () =>
+        {
+            await using var db = _cluster.Database();
+            return await db.Trials.AsNoTracking().AnyAsync(t => t.SweepId == a && t.CompletedSegments >= 1);
+        }, s_deadline, "a segment of the first sweep to be recorded");
+        (int code, ClusterProcess cancel) = await _cluster.RunCoordinatorAsync(s_deadline, "sweep", "cancel", a.ToString()[..8], "--cluster");
+        code.ShouldBe(0, cancel.Describe());
+        (await SweepAsync(a))!.Status.ShouldBe(SweepStatus.Cancelled);
+
+        // The second sweep goes on to the end while the first is paused.
+        await WaitForStatusAsync(b, SweepStatus.Completed, "the second sweep to complete while the first is cancelled");
+        await Eventually.WaitAsync(async () =>
+        {
+            await using var db = _cluster.Database();
+            return !await db.Trials.AsNoTracking().AnyAsync(t => t.SweepId == a && t.DispatchedSegment != null);
+        }, s_deadline, "the first sweep's in-flight segments to report");
+        await using (var db = _cluster.Database())
+        {
+            (await db.Trials.AsNoTracking().Where(t => t.SweepId == a).SumAsync(t => t.CompletedSegments)).ShouldBeLessThan(18, "the cancelled sweep stopped short");
+            (await SweepAsync(a))!.Status.ShouldBe(SweepStatus.Cancelled);
+        }
+
+        (code, ClusterProcess resume) = await _cluster.RunCoordinatorAsync(s_deadline, "sweep", "resume", a.ToString(), "--cluster");
+        code.ShouldBe(0, resume.Describe());
+        await WaitForStatusAsync(a, SweepStatus.Completed, "the resumed sweep to complete");
+        await ShouldHaveTrainedEachTrialOnceAsync(a, trials: 3, epochs: 6);
+        await ShouldHaveTrainedEachTrialOnceAsync(b, trials: 2, epochs: 2);
+        // Both sweeps' segments ran on both workers' queue: the second's trials started before the first had ended.
+        await using (var db = _cluster.Database())
+        {
+            DateTime firstEnded = (await SweepAsync(a))!.CompletedAt!.Value;
+            (await db.Trials.AsNoTracking().Where(t => t.SweepId == b).MinAsync(t => t.StartedAt)).ShouldNotBeNull().ShouldBeLessThan(firstEnded);
+        }
+    }
+}
