@@ -102,7 +102,7 @@ public sealed class SweepServiceTests : IAsyncLifetime
     [Fact]
     public async Task A_coordinator_killed_mid_sweep_and_restarted_finishes_every_trial_with_none_lost_or_trained_twice()
     {
-        string spec = WriteSpec("restart", "[0.01, 0.02, 0.03, 0.04]", parallelism: 2, epochs: 4);
+        string spec = WriteSpec("restart", "[0.01, 0.02, 0.03]", parallelism: 2, epochs: 3);
         ClusterProcess serve = _cluster.Coordinator("serve", "--cluster");
         _cluster.Worker("--device", "cpu", "--id", "a-" + _cluster.Name);
         _cluster.Worker("--device", "cpu", "--id", "b-" + _cluster.Name);
@@ -118,19 +118,19 @@ public sealed class SweepServiceTests : IAsyncLifetime
         _cluster.Coordinator("serve", "--cluster");
 
         await WaitForStatusAsync(sweepId, SweepStatus.Completed, "the sweep to complete after the restart");
-        await ShouldHaveTrainedEachTrialOnceAsync(sweepId, trials: 4, epochs: 4);
+        await ShouldHaveTrainedEachTrialOnceAsync(sweepId, trials: 3, epochs: 3);
         (int code, ClusterProcess results) = await _cluster.RunCoordinatorAsync(s_deadline, "sweep", "results", sweepId.ToString(), "--cluster", "--format", "json");
         code.ShouldBe(0, results.Describe());
         using JsonDocument json = JsonDocument.Parse(results.StandardOutput);
-        json.RootElement.GetProperty("trials").EnumerateArray().Count().ShouldBe(4);
+        json.RootElement.GetProperty("trials").EnumerateArray().Count().ShouldBe(3);
     }
 
     [Fact]
     public async Task Two_sweeps_share_the_workers_and_a_cancelled_one_waits_until_resumed()
     {
-        // The first sweep is long (18 one-epoch segments, one at a time), so the cancel lands while it runs.
-        string first = WriteSpec("first", "[0.01, 0.02, 0.03]", parallelism: 1, epochs: 6);
-        string second = WriteSpec("second", "[0.05, 0.06]", parallelism: 1, epochs: 2);
+        // The first sweep is long (12 one-epoch segments, one at a time), so the cancel lands while it runs.
+        string first = WriteSpec("first", "[0.01, 0.02, 0.03]", parallelism: 1, epochs: 4);
+        string second = WriteSpec("second", "[0.05, 0.06]", parallelism: 1, epochs: 1);
         _cluster.Coordinator("serve", "--cluster");
         _cluster.Worker("--device", "cpu", "--id", "a-" + _cluster.Name);
         _cluster.Worker("--device", "cpu", "--id", "b-" + _cluster.Name);
@@ -156,15 +156,15 @@ public sealed class SweepServiceTests : IAsyncLifetime
         }, s_deadline, "the first sweep's in-flight segments to report");
         await using (var db = _cluster.Database())
         {
-            (await db.Trials.AsNoTracking().Where(t => t.SweepId == a).SumAsync(t => t.CompletedSegments)).ShouldBeLessThan(18, "the cancelled sweep stopped short");
+            (await db.Trials.AsNoTracking().Where(t => t.SweepId == a).SumAsync(t => t.CompletedSegments)).ShouldBeLessThan(12, "the cancelled sweep stopped short");
             (await SweepAsync(a))!.Status.ShouldBe(SweepStatus.Cancelled);
         }
 
         (code, ClusterProcess resume) = await _cluster.RunCoordinatorAsync(s_deadline, "sweep", "resume", a.ToString(), "--cluster");
         code.ShouldBe(0, resume.Describe());
         await WaitForStatusAsync(a, SweepStatus.Completed, "the resumed sweep to complete");
-        await ShouldHaveTrainedEachTrialOnceAsync(a, trials: 3, epochs: 6);
-        await ShouldHaveTrainedEachTrialOnceAsync(b, trials: 2, epochs: 2);
+        await ShouldHaveTrainedEachTrialOnceAsync(a, trials: 3, epochs: 4);
+        await ShouldHaveTrainedEachTrialOnceAsync(b, trials: 2, epochs: 1);
         // Both sweeps' segments ran on both workers' queue: the second's trials started before the first had ended.
         await using (var db = _cluster.Database())
         {

@@ -422,6 +422,19 @@ public sealed class SweepSpecTests
             t => t.Cutoff.ShouldBe("layer3"),
             t => t.InputSize.ShouldBe(64),
             t => t.Epochs.ShouldBe(4));
+        // The reference material's fine-tuning recipe, as its comment says.
+        SweepSpec.Load(Path.Combine(ExamplesFolder(), "vgg16-fine-tune-recipe.yaml")).SingleTrial().ShouldSatisfyAllConditions(
+            t => t.Model.ShouldBe("vgg16"),
+            t => t.Strategy.ShouldBe("fine-tune-top"),
+            t => t.Cutoff.ShouldBe("block4_pool"),
+            t => t.InputSize.ShouldBe(150),
+            t => t.BatchSize.ShouldBe(16),
+            t => t.Lr.ShouldBe(1e-4),
+            t => t.Optimizer.ShouldBe("sgd"),
+            t => t.Momentum.ShouldBe(0.9),
+            t => t.HeadEpochs.ShouldBeGreaterThan(0),
+            t => t.Weights.Kind.ShouldBe(SpecWeightsKind.File));
+        SweepSpec.Load(Path.Combine(ExamplesFolder(), "vgg19-block4-pool.yaml")).SingleTrial().Cutoff.ShouldBe("block4_pool");
         SweepSpec.Load(Path.Combine(ExamplesFolder(), "feature-extractor-logistic.yaml")).SingleTrial().ShouldSatisfyAllConditions(
             t => t.Strategy.ShouldBe("feature-extractor"),
             t => t.Head.ShouldBe("logistic"),
