@@ -22,6 +22,8 @@ public sealed class ExtractionTests : IAsyncLifetime
         _dataset = Path.Combine(_cluster.StorageRoot, "images");
         (int code, ClusterProcess migrate) = await _cluster.RunCoordinatorAsync(s_deadline, "db", "migrate");
         code.ShouldBe(0, migrate.Describe());
+        // The service plans and completes feature sets; `extract` asks it and follows.
+        _cluster.Coordinator("serve", "--cluster");
     }
 
     public async Task DisposeAsync() => await _cluster.DisposeAsync();
@@ -134,6 +136,35 @@ public sealed class ExtractionTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task An_extraction_whose_terminal_is_killed_is_completed_by_the_service()
+    {
+        TestImages.WriteDataset(_dataset, goodPerClass: 6, hostile: false);
+        ClusterProcess extract = _cluster.Coordinator("extract", "--cluster", "--dataset", _dataset, "--shard-size", "2", "--format", "json");
+        // Planned by the service (the row exists), and no worker yet: then the asking CLI dies.
+        FeatureSetRecord planned = await Eventually.WaitAsync(async () =>
+        {
+            await using var db = _cluster.Database();
+            return await db.FeatureSets.AsNoTracking().SingleOrDefaultAsync();
+        }, s_deadline, "the service to plan the feature set");
+        using (var kill = System.Diagnostics.Process.Start("kill", ["-KILL", extract.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
+        {
+            await kill.WaitForExitAsync();
+        }
+        await extract.WaitForExitAsync(s_deadline);
+        planned.Status.ShouldBe(FeatureSetStatus.Extracting);
+
+        _cluster.Worker("--device", "cpu");
+
+        await Eventually.WaitAsync(async () =>
+        {
+            await using var db = _cluster.Database();
+            return (await db.FeatureSets.AsNoTracking().SingleAsync(s => s.Key == planned.Key)).Status == FeatureSetStatus.Complete;
+        }, s_deadline, "the service to complete the set with no CLI watching");
+        (await ShardsAsync(planned.Key)).Select(s => s.Index).ShouldBe([0, 1, 2, 3, 4, 5]);
+        File.Exists(Path.Combine(_cluster.StorageRoot, "features", planned.Key, "manifest.json")).ShouldBeTrue();
+    }
+
+    [Fact]
     public async Task Two_requests_at_the_same_time_produce_one_feature_set()
     {
         TestImages.WriteDataset(_dataset, goodPerClass: 4, hostile: false);
@@ -202,6 +233,8 @@ public sealed class FailedShardTests : IAsyncLifetime
         _cluster = await IsolatedCluster.CreateAsync();
         (int code, ClusterProcess migrate) = await _cluster.RunCoordinatorAsync(s_deadline, "db", "migrate");
         code.ShouldBe(0, migrate.Describe());
+        // The service plans and completes feature sets; `extract` asks it and follows.
+        _cluster.Coordinator("serve", "--cluster");
     }
 
     public async Task DisposeAsync() => await _cluster.DisposeAsync();

@@ -20,7 +20,7 @@ public sealed record ResumeSweep
 
 /// <summary>
 /// The coordinator service → itself, on its own queue once it starts: send again what every running sweep had dispatched
-/// (the sends may have died with the last process). Queued behind the events that arrived while it was down, so those
+/// and the missing shards of every feature set being extracted (the sends may have died with the last process). Queued behind the events that arrived while it was down, so those
 /// are applied first.
 /// </summary>
 public sealed record RecoverSweeps

@@ -12,6 +12,7 @@ public sealed class CoordinatorBusPart : IClusterBusPart
     {
         bus.AddConsumer<WorkerRegistryConsumer>();
         bus.AddConsumer<TrialScheduler>();
+        bus.AddConsumer<FeatureSetService>();
     }
 
     public void ConfigureEndpoints(IBusRegistrationContext context, IBusFactoryConfigurator bus)
@@ -28,6 +29,7 @@ public sealed class CoordinatorBusPart : IClusterBusPart
             });
             e.ConfigureConsumer<WorkerRegistryConsumer>(context);
             e.ConfigureConsumer<TrialScheduler>(context);
+            e.ConfigureConsumer<FeatureSetService>(context);
         });
     }
 }

@@ -1,8 +1,12 @@
+using Cluster.Contracts;
 using Cluster.Coordinator.Cli;
 using Cluster.Coordinator.Planning;
 using Cluster.Hosting;
+using Cluster.Storage.Database;
+using Cluster.Storage.Database.Entities;
 using Cluster.Storage.Files;
 using MassTransit;
+using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Spectre.Console;
@@ -10,41 +14,61 @@ using Spectre.Console;
 namespace Cluster.Coordinator.Orchestration;
 
 /// <summary>
-/// Makes sure a feature set exists before trials train on it: the cache answers when it is complete; otherwise the
-/// missing shards are sent to the workers and followed until recorded (a partial set resumes). Shards that fail fail the
-/// request with their reasons.
+/// The CLI's side of a feature set it needs: the cache answers when the set is complete; otherwise it asks the
+/// coordinator service (<see cref="FeatureSetService"/>), which plans the set and sends its missing shards, and follows
+/// the set in the database until the service marks it complete, or its shards fail. The CLI writes nothing: a closed
+/// terminal leaves the extraction running in the service.
 /// </summary>
 public static class FeatureSetRunner
 {
     private static readonly TimeSpan PollInterval = TimeSpan.FromMilliseconds(200);
 
+    /// <summary>How long a requested set may take to appear in the database before the service is presumed absent.</summary>
+    private static readonly TimeSpan ServiceAnswer = TimeSpan.FromSeconds(60);
+
     /// <summary>The feature set's key, once complete.</summary>
-    public static async Task<string> EnsureAsync(IHost host, CliContext cli, FileStore store, ExtractionRequest request, bool showProgress, CancellationToken ct)
+    /// <param name="timeout">Give up following after this long (zero: never); the extraction goes on in the service.</param>
+    public static async Task<string> EnsureAsync(IHost host, CliContext cli, FileStore store, ExtractionRequest request, bool showProgress, CancellationToken ct,
+        TimeSpan timeout = default)
     {
         ArgumentNullException.ThrowIfNull(host);
         ArgumentNullException.ThrowIfNull(cli);
         ArgumentNullException.ThrowIfNull(request);
-        var planner = new FeatureSetPlanner(cli.Database, store);
-        ExtractionPlan plan = await planner.PlanAsync(request, ct);
-        string key = plan.FeatureSet.Key;
-        if (plan.IsCached)
+        string key = request.Key.Value;
+        if ((await SetAsync(cli, key, ct))?.Status == FeatureSetStatus.Complete)
         {
             return key;
         }
-        ISendEndpoint queue = await host.Services.GetRequiredService<ISendEndpointProvider>().GetSendEndpoint(ClusterBus.GpuWorkQueue);
-        foreach (var job in plan.Jobs)
+        ISendEndpoint coordinator = await host.Services.GetRequiredService<ISendEndpointProvider>().GetSendEndpoint(new Uri($"queue:{QueueNames.Coordinator}"));
+        await coordinator.Send(request.ToMessage(), ct);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        FeatureSetRecord set;
+        while (true)
         {
-            await queue.Send(job, ct);
+            if (await SetAsync(cli, key, ct) is FeatureSetRecord recorded)
+            {
+                set = recorded;
+                break;
+            }
+            if (clock.Elapsed > ServiceAnswer)
+            {
+                throw new ClusterConfigurationException($"feature set {key} was not planned within {ServiceAnswer.TotalSeconds:F0} s of asking: is the coordinator service (`coordinator serve`) running?");
+            }
+            await Task.Delay(PollInterval, ct);
         }
-        int shards = plan.FeatureSet.ShardCount;
+
+        var planner = new FeatureSetPlanner(cli.Database, store);
         FeatureSetProgress progress = await planner.ProgressAsync(key, ct);
+        bool Done() => set.Status == FeatureSetStatus.Complete || progress.ShardsComplete + progress.ShardsFailed >= set.ShardCount && progress.ShardsFailed > 0;
+        bool TimedOut() => timeout > TimeSpan.Zero && clock.Elapsed > timeout;
         async Task Follow(Action<FeatureSetProgress>? report)
         {
-            while (progress.ShardsComplete + progress.ShardsFailed < shards)
+            while (!Done() && !TimedOut())
             {
                 report?.Invoke(progress);
                 await Task.Delay(PollInterval, ct);
                 progress = await planner.ProgressAsync(key, ct);
+                set = (await SetAsync(cli, key, ct))!;
             }
         }
         if (showProgress && !Console.IsOutputRedirected)
@@ -61,12 +85,29 @@ public static class FeatureSetRunner
         {
             await Follow(null);
         }
-        if (progress.ShardsFailed > 0)
+        if (set.Status != FeatureSetStatus.Complete && progress.ShardsFailed > 0)
         {
-            (int shard, string reason) = progress.Failures[0];
-            throw new InvalidOperationException($"{progress.ShardsFailed} shard(s) of feature set {key} failed; shard {shard}: {reason}");
+            throw new FeatureSetFailedException(key, progress);
         }
-        await planner.CompleteAsync(request, key, ct);
+        if (set.Status != FeatureSetStatus.Complete)
+        {
+            throw new TimeoutException($"feature set {key}: {progress.ShardsComplete} of {set.ShardCount} shards after {timeout.TotalSeconds:F0} s; the service goes on with it");
+        }
         return key;
     }
+
+    /// <summary>The set's row as the service last wrote it, or null before the service has planned it.</summary>
+    public static async Task<FeatureSetRecord?> SetAsync(CliContext cli, string key, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(cli);
+        await using ClusterDbContext db = cli.Database.CreateDbContext();
+        return await db.FeatureSets.AsNoTracking().SingleOrDefaultAsync(s => s.Key == key, ct);
+    }
+}
+
+/// <summary>Shards of a feature set failed (bad images never fail a shard: these are failures of the job); the message names the first.</summary>
+public sealed class FeatureSetFailedException(string key, FeatureSetProgress progress)
+    : InvalidOperationException($"{progress.ShardsFailed} shard(s) of feature set {key} failed; shard {progress.Failures[0].Shard}: {progress.Failures[0].Reason}")
+{
+    public FeatureSetProgress Progress { get; } = progress;
 }

@@ -29,6 +29,23 @@ public sealed record ExtractionRequest(
     string? Scope = null)
 {
     public FrozenPrefixKey Key => new(Model, WeightsHash, Layer, Pooling, Preprocessing, Precision, Dataset.Id, StorageDtype, Scope);
+
+    /// <summary>The request as the coordinator service receives it (the dataset by id: its manifest is in storage).</summary>
+    public EnsureFeatureSet ToMessage() => new()
+    {
+        DatasetId = Dataset.Id, Model = Model, Layer = Layer, Pooling = Pooling, Preprocessing = Preprocessing, Precision = Precision,
+        WeightsHash = WeightsHash, WeightsPath = WeightsPath, ShardSize = ShardSize, BatchSize = BatchSize, InputSize = InputSize,
+        StorageDtype = StorageDtype, Scope = Scope,
+    };
+
+    /// <summary>The request a message names, with its dataset's manifest read from storage.</summary>
+    public static async Task<ExtractionRequest> FromMessageAsync(EnsureFeatureSet message, FileStore store, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(message);
+        DatasetManifest dataset = await DatasetManifest.LoadAsync(store, message.DatasetId, ct);
+        return new ExtractionRequest(dataset, message.Model, message.Layer, message.Pooling, message.Preprocessing, message.Precision,
+            message.WeightsHash, message.WeightsPath, message.ShardSize, message.BatchSize, message.InputSize, message.StorageDtype, message.Scope);
+    }
 }
 
 /// <summary>The feature set, and the shard jobs still to send (none when it is complete: the cache answered).</summary>
@@ -118,7 +135,6 @@ public sealed class FeatureSetPlanner(ClusterDbContextFactory databases, FileSto
         set.ExtractedCount = shards.Sum(s => s.ImageCount);
         set.Shape = shape;
         set.CompletedAt ??= DateTime.UtcNow;
-        await db.SaveChangesAsync(cancellationToken);
         var manifest = new
         {
             key,
@@ -138,7 +154,10 @@ public sealed class FeatureSetPlanner(ClusterDbContextFactory databases, FileSto
             shards = shards.Select(s => new { index = s.Index, path = s.Path, sha256 = s.Sha256, rowStart = s.RowStart, rowCount = s.RowCount, images = s.ImageCount, skipped = s.SkippedCount }),
             format = $"safetensors: 'features' [n, ...] {set.Dtype} and 'rows' [n] int64 (row ids in datasets/<dataset>/manifest.tsv order)",
         };
+        // The manifest first, then the row: whoever sees the set complete finds its manifest (a crash in between leaves
+        // the set extracting, and completing it again rewrites the same manifest).
         await store.WriteAllBytesAsync(ManifestPath(key), JsonSerializer.SerializeToUtf8Bytes(manifest, new JsonSerializerOptions { WriteIndented = true }), cancellationToken);
+        await db.SaveChangesAsync(cancellationToken);
         return set;
     }
 
@@ -217,6 +236,7 @@ public sealed class FeatureSetPlanner(ClusterDbContextFactory databases, FileSto
                 ShardCount = (images + request.ShardSize - 1) / request.ShardSize,
                 ImageCount = images,
                 CreatedAt = DateTime.UtcNow,
+                Request = JsonSerializer.Serialize(request.ToMessage()),
             });
             try
             {

@@ -1,6 +1,8 @@
 using System.ComponentModel;
 using System.Diagnostics;
 using System.Globalization;
+using Cluster.Contracts;
+using Cluster.Coordinator.Orchestration;
 using Cluster.Coordinator.Planning;
 using Cluster.GpuWorker.Extraction;
 using Cluster.GpuWorker.Models;
@@ -148,11 +150,10 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
             settings.Precision, weightsHash, weightsPath, settings.ShardSize, settings.BatchSize, settings.InputSize, storage.Name);
         var planner = new FeatureSetPlanner(cli.Database, store);
         var clock = Stopwatch.StartNew();
-        ExtractionPlan plan = await planner.PlanAsync(request, cancellationToken);
-        string key = plan.FeatureSet.Key;
-        if (plan.IsCached)
+        string key = request.Key.Value;
+        if (await FeatureSetRunner.SetAsync(cli, key, cancellationToken) is { Status: FeatureSetStatus.Complete } cached)
         {
-            await ReportAsync(settings, cli, preprocessing, request, plan.FeatureSet, cached: true, clock.Elapsed, cancellationToken);
+            await ReportAsync(settings, cli, preprocessing, request, cached, cached: true, clock.Elapsed, cancellationToken);
             return 0;
         }
 
@@ -160,15 +161,13 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
         await host.StartAsync(cancellationToken);
         try
         {
-            ISendEndpoint queue = await host.Services.GetRequiredService<ISendEndpointProvider>().GetSendEndpoint(ClusterBus.GpuWorkQueue);
-            // The extraction's own time, from the first shard sent to the last recorded (images/s in the report):
-            // the scan, the plan and, embedded, starting the bus and the in-process worker come before it.
+            // The service plans the set, sends its missing shards and completes it: closing this terminal stops the
+            // watching, not the extraction.
             var extraction = Stopwatch.StartNew();
-            foreach (var job in plan.Jobs)
-            {
-                await queue.Send(job, cancellationToken);
-            }
-            FeatureSetProgress progress = await WaitAsync(settings, planner, plan, dataset.Entries.Count, cancellationToken);
+            ISendEndpoint coordinator = await host.Services.GetRequiredService<ISendEndpointProvider>().GetSendEndpoint(new Uri($"queue:{QueueNames.Coordinator}"));
+            await coordinator.Send(request.ToMessage(), cancellationToken);
+            FeatureSetRecord planned = await WaitForAsync(cli, key, s => true, "planned", cancellationToken);
+            FeatureSetProgress progress = await WaitAsync(settings, planner, planned, dataset.Entries.Count, cancellationToken);
             if (progress.ShardsFailed > 0)
             {
                 foreach ((int shard, string reason) in progress.Failures.Take(10))
@@ -177,13 +176,13 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
                 }
                 return 1;
             }
-            if (progress.ShardsComplete < plan.FeatureSet.ShardCount)
+            if (progress.ShardsComplete < planned.ShardCount)
             {
-                Console.Error.WriteLine($"coordinator: error: {progress.ShardsComplete} of {plan.FeatureSet.ShardCount} shards done after {settings.TimeoutSeconds} s; "
-                    + $"run the same command again to resume (is a gpu-worker running? see `coordinator workers`).");
+                Console.Error.WriteLine($"coordinator: error: {progress.ShardsComplete} of {planned.ShardCount} shards done after {settings.TimeoutSeconds} s; "
+                    + $"the coordinator service goes on with it (`coordinator features list` shows it; the same command again waits for it).");
                 return 1;
             }
-            FeatureSetRecord set = await planner.CompleteAsync(request, key, cancellationToken);
+            FeatureSetRecord set = await WaitForAsync(cli, key, s => s.Status == FeatureSetStatus.Complete, "completed", cancellationToken);
             await ReportAsync(settings, cli, preprocessing, request, set, cached: false, extraction.Elapsed, cancellationToken);
             return 0;
         }
@@ -193,11 +192,24 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
         }
     }
 
-    /// <summary>
-    /// The step name a tap or alias designates, so that `block5_pool` and `features.36` share a cache key; and a
-    /// check that the model runs at the input size and that one shard's features fit in memory (a worker holds a whole
-    /// shard in float32 before writing it, whatever the storage dtype).
-    /// </summary>
+    /// <summary>The set's row once the service has <paramref name="what"/> it (a minute at most: the service answers in milliseconds).</summary>
+    private static async Task<FeatureSetRecord> WaitForAsync(CliContext cli, string key, Func<FeatureSetRecord, bool> condition, string what, CancellationToken ct)
+    {
+        var clock = Stopwatch.StartNew();
+        while (true)
+        {
+            if (await FeatureSetRunner.SetAsync(cli, key, ct) is FeatureSetRecord set && condition(set))
+            {
+                return set;
+            }
+            if (clock.Elapsed > TimeSpan.FromSeconds(60))
+            {
+                throw new ClusterConfigurationException($"feature set {key} was not {what} by the coordinator service within 60 s: is `coordinator serve` running?");
+            }
+            await Task.Delay(ProgressPollInterval, ct);
+        }
+    }
+
     private static string CanonicalLayer(Backbone model, int inputSize, string tap, ExtractSettings settings)
     {
         int step = model.ResolveTap(tap);
@@ -283,10 +295,10 @@ public sealed class ExtractCommand : AsyncCommand<ExtractSettings>
     }
 
     private static async Task<FeatureSetProgress> WaitAsync(
-        ExtractSettings settings, FeatureSetPlanner planner, ExtractionPlan plan, int images, CancellationToken cancellationToken)
+        ExtractSettings settings, FeatureSetPlanner planner, FeatureSetRecord set, int images, CancellationToken cancellationToken)
     {
-        string key = plan.FeatureSet.Key;
-        int shards = plan.FeatureSet.ShardCount;
+        string key = set.Key;
+        int shards = set.ShardCount;
         var deadline = settings.TimeoutSeconds > 0 ? TimeSpan.FromSeconds(settings.TimeoutSeconds) : Timeout.InfiniteTimeSpan;
         var clock = Stopwatch.StartNew();
         FeatureSetProgress progress = await planner.ProgressAsync(key, cancellationToken);

@@ -81,6 +81,10 @@ public sealed class FeatureSetRecord
     public int ExtractedCount { get; set; }
     public DateTime CreatedAt { get; set; }
     public DateTime? CompletedAt { get; set; }
+
+    /// <summary>The request it was planned from (an EnsureFeatureSet as JSON): what the coordinator service completes it
+    /// with, and sends its missing shards from again after a restart; null for sets planned before the service did this.</summary>
+    public string? Request { get; set; }
 }
 
 public enum FeatureShardStatus

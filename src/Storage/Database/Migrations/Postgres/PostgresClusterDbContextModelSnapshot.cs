@@ -166,6 +166,10 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .HasColumnType("text")
                         .HasColumnName("preprocessing");
 
+                    b.Property<string>("Request")
+                        .HasColumnType("text")
+                        .HasColumnName("request");
+
                     b.Property<string>("Shape")
                         .IsRequired()
                         .HasColumnType("text")

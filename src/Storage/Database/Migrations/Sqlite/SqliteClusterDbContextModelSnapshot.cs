@@ -159,6 +159,10 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .HasColumnType("TEXT")
                         .HasColumnName("preprocessing");
 
+                    b.Property<string>("Request")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("request");
+
                     b.Property<string>("Shape")
                         .IsRequired()
                         .HasColumnType("TEXT")

@@ -87,6 +87,12 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                 type: "TEXT",
                 nullable: true);
 
+            migrationBuilder.AddColumn<string>(
+                name: "request",
+                table: "feature_sets",
+                type: "TEXT",
+                nullable: true);
+
             migrationBuilder.CreateIndex(
                 name: "ix_trials_sweep_id_number",
                 table: "trials",
@@ -148,6 +154,10 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
             migrationBuilder.DropColumn(
                 name: "stop_reason",
                 table: "sweeps");
+
+            migrationBuilder.DropColumn(
+                name: "request",
+                table: "feature_sets");
         }
     }
 }

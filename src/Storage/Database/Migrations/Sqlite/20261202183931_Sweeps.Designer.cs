@@ -11,7 +11,7 @@ using Microsoft.EntityFrameworkCore.Storage.ValueConversion;
 namespace Cluster.Storage.Database.Migrations.Sqlite
 {
     [DbContext(typeof(SqliteClusterDbContext))]
-    [Migration("20261202173242_Sweeps")]
+    [Migration("20261202183931_Sweeps")]
     partial class Sweeps
     {
         /// <inheritdoc />
@@ -161,6 +161,10 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .IsRequired()
                         .HasColumnType("TEXT")
                         .HasColumnName("preprocessing");
+
+                    b.Property<string>("Request")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("request");
 
                     b.Property<string>("Shape")
                         .IsRequired()

@@ -12,7 +12,7 @@ using Npgsql.EntityFrameworkCore.PostgreSQL.Metadata;
 namespace Cluster.Storage.Database.Migrations.Postgres
 {
     [DbContext(typeof(PostgresClusterDbContext))]
-    [Migration("20261202173258_Sweeps")]
+    [Migration("20261202183911_Sweeps")]
     partial class Sweeps
     {
         /// <inheritdoc />
@@ -168,6 +168,10 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .IsRequired()
                         .HasColumnType("text")
                         .HasColumnName("preprocessing");
+
+                    b.Property<string>("Request")
+                        .HasColumnType("text")
+                        .HasColumnName("request");
 
                     b.Property<string>("Shape")
                         .IsRequired()

@@ -87,6 +87,12 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                 type: "text",
                 nullable: true);
 
+            migrationBuilder.AddColumn<string>(
+                name: "request",
+                table: "feature_sets",
+                type: "text",
+                nullable: true);
+
             migrationBuilder.CreateIndex(
                 name: "ix_trials_sweep_id_number",
                 table: "trials",
@@ -148,6 +154,10 @@ namespace Cluster.Storage.Database.Migrations.Postgres
             migrationBuilder.DropColumn(
                 name: "stop_reason",
                 table: "sweeps");
+
+            migrationBuilder.DropColumn(
+                name: "request",
+                table: "feature_sets");
         }
     }
 }

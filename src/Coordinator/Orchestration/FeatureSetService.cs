@@ -1,0 +1,111 @@
+using System.Text.Json;
+using Cluster.Contracts.Features;
+using Cluster.Contracts.Training;
+using Cluster.Coordinator.Planning;
+using Cluster.Hosting;
+using Cluster.Storage.Database;
+using Cluster.Storage.Database.Entities;
+using Cluster.Storage.Files;
+using MassTransit;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Logging;
+
+namespace Cluster.Coordinator.Orchestration;
+
+/// <summary>
+/// The coordinator service's side of feature extraction: an <see cref="EnsureFeatureSet"/> is planned here (the cache
+/// answers, a partial set resumes with its missing shards, a new one is recorded with the request it came from) and
+/// its shard jobs sent; each <see cref="FeatureShardExtracted"/> or <see cref="FeatureShardFailed"/> the workers publish
+/// is checked against the set, and the set is completed (its manifest.json written) when every shard is recorded. So a
+/// set no longer depends on the terminal that asked for it. Events about a complete set, or duplicates, change nothing.
+/// </summary>
+public sealed class FeatureSetService(ClusterDbContextFactory databases, ClusterRuntimeSettings settings, ILogger<FeatureSetService> logger) :
+    IConsumer<EnsureFeatureSet>, IConsumer<FeatureShardExtracted>, IConsumer<FeatureShardFailed>, IConsumer<RecoverSweeps>
+{
+    private FileStore Store => new(settings.StorageRoot);
+
+    public async Task Consume(ConsumeContext<EnsureFeatureSet> context)
+    {
+        ExtractionRequest request = await ExtractionRequest.FromMessageAsync(context.Message, Store, context.CancellationToken);
+        await PlanAndSendAsync(context, request, context.CancellationToken);
+    }
+
+    public Task Consume(ConsumeContext<FeatureShardExtracted> context) => CompleteIfDoneAsync(context.Message.FeatureSetKey, context.CancellationToken);
+
+    public Task Consume(ConsumeContext<FeatureShardFailed> context)
+    {
+        logger.LogWarning("Shard {Shard} of feature set {Key} failed on {Worker}: {Reason}",
+            context.Message.ShardIndex, context.Message.FeatureSetKey, context.Message.WorkerId, context.Message.Reason);
+        return Task.CompletedTask;
+    }
+
+    /// <summary>After a restart: every set still extracting that was planned here gets its missing shards sent again.</summary>
+    public async Task Consume(ConsumeContext<RecoverSweeps> context)
+    {
+        int sent = await RecoverAsync(context, context.CancellationToken);
+        logger.LogInformation("Coordinator started: {Shards} missing shard(s) of feature sets being extracted sent again", sent);
+    }
+
+    private async Task<int> RecoverAsync(ISendEndpointProvider sender, CancellationToken ct)
+    {
+        List<string> requests;
+        await using (ClusterDbContext db = databases.CreateDbContext())
+        {
+            requests = await db.FeatureSets.AsNoTracking().Where(s => s.Status == FeatureSetStatus.Extracting && s.Request != null).Select(s => s.Request!).ToListAsync(ct);
+        }
+        int sent = 0;
+        foreach (string json in requests)
+        {
+            ExtractionRequest request = await ExtractionRequest.FromMessageAsync(JsonSerializer.Deserialize<EnsureFeatureSet>(json)!, Store, ct);
+            sent += await PlanAndSendAsync(sender, request, ct);
+        }
+        return sent;
+    }
+
+    private async Task<int> PlanAndSendAsync(ISendEndpointProvider sender, ExtractionRequest request, CancellationToken ct)
+    {
+        var planner = new FeatureSetPlanner(databases, Store);
+        ExtractionPlan plan = await planner.PlanAsync(request, ct);
+        string key = plan.FeatureSet.Key;
+        if (plan.IsCached)
+        {
+            return 0;
+        }
+        if (plan.Jobs.Count == 0)
+        {
+            // Every shard recorded but the set not marked (the service stopped in between): complete it now.
+            await CompleteIfDoneAsync(key, ct);
+            return 0;
+        }
+        ISendEndpoint queue = await sender.GetSendEndpoint(ClusterBus.GpuWorkQueue);
+        foreach (var job in plan.Jobs)
+        {
+            await queue.Send(job, ct);
+        }
+        logger.LogInformation("Feature set {Key}: {Shards} shard job(s) sent of {Total}", key, plan.Jobs.Count, plan.FeatureSet.ShardCount);
+        return plan.Jobs.Count;
+    }
+
+    private async Task CompleteIfDoneAsync(string key, CancellationToken ct)
+    {
+        FeatureSetRecord? set;
+        await using (ClusterDbContext db = databases.CreateDbContext())
+        {
+            set = await db.FeatureSets.AsNoTracking().SingleOrDefaultAsync(s => s.Key == key, ct);
+        }
+        if (set is null || set.Status == FeatureSetStatus.Complete || set.Request is null)
+        {
+            // Unknown, already complete (a duplicate event), or planned by a CLI that completes it itself.
+            return;
+        }
+        var planner = new FeatureSetPlanner(databases, Store);
+        FeatureSetProgress progress = await planner.ProgressAsync(key, ct);
+        if (progress.ShardsComplete < set.ShardCount)
+        {
+            return;
+        }
+        ExtractionRequest request = await ExtractionRequest.FromMessageAsync(JsonSerializer.Deserialize<EnsureFeatureSet>(set.Request)!, Store, ct);
+        await planner.CompleteAsync(request, key, ct);
+        logger.LogInformation("Feature set {Key} complete: {Images} images in {Shards} shards", key, progress.ImagesDone, set.ShardCount);
+    }
+}
