@@ -56,13 +56,15 @@ public static class SweepLauncher
             staged[file.FilePath!] = await WeightsStaging.StageAsync(store, file.FilePath!, file.Sha256!, ct);
         }
         var sweepId = Guid.NewGuid();
-        var features = new Dictionary<string, string>(StringComparer.Ordinal);
-        var trials = new List<PlannedTrial>();
+        // Every trial's feature sets, keyed: all are asked of the service first, so the workers extract them side by
+        // side, then followed one by one.
+        var needs = new List<(Guid TrialId, string Weights, List<(FeatureNeed Need, ExtractionRequest Request)> Sets)>();
+        var requests = new Dictionary<string, ExtractionRequest>(StringComparer.Ordinal);
         foreach (SweepTrialLayout trial in layout.Trials)
         {
             var trialId = Guid.NewGuid();
             string weights = trial.Weights.FilePath is string file ? staged[file] : trial.Choice.Weights.Kind == SpecWeightsKind.Builtin ? "builtin" : "random";
-            var sets = new Dictionary<FeatureNeed, string>();
+            var sets = new List<(FeatureNeed, ExtractionRequest)>();
             foreach ((FeatureNeed need, ExtractionRequest planned) in trial.Features)
             {
                 if (!share && trial.Choice.Strategy != "feature-extractor")
@@ -70,14 +72,29 @@ public static class SweepLauncher
                     continue; // fine-tune-top without the cache: its frozen prefix runs on the trial's own images
                 }
                 ExtractionRequest request = planned with { WeightsPath = weights is "builtin" or "random" ? null : weights, Scope = share ? null : trialId.ToString() };
-                string key = request.Key.Value;
-                if (!features.ContainsKey(key))
-                {
-                    features[key] = await FeatureSetRunner.EnsureAsync(host, cli, store, request, showProgress, ct);
-                }
-                sets[need] = features[key];
+                requests.TryAdd(request.Key.Value, request);
+                sets.Add((need, request));
             }
-            trials.Add(TrialPlanner.Plan(spec, trial.Choice, layout.Datasets, weights, trial.Weights.Hash, trialId, trial.Number, sets));
+            needs.Add((trialId, weights, sets));
+        }
+        var asked = new HashSet<string>(StringComparer.Ordinal);
+        foreach ((string key, ExtractionRequest request) in requests)
+        {
+            if (await FeatureSetRunner.RequestAsync(host, cli, request, ct))
+            {
+                asked.Add(key);
+            }
+        }
+        var features = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach ((string key, ExtractionRequest request) in requests)
+        {
+            features[key] = asked.Contains(key) ? await FeatureSetRunner.EnsureAsync(host, cli, store, request, showProgress, ct, requested: true) : key;
+        }
+        var trials = new List<PlannedTrial>();
+        foreach ((SweepTrialLayout trial, var need) in layout.Trials.Zip(needs))
+        {
+            var sets = need.Sets.ToDictionary(s => s.Need, s => features[s.Request.Key.Value]);
+            trials.Add(TrialPlanner.Plan(spec, trial.Choice, layout.Datasets, need.Weights, trial.Weights.Hash, need.TrialId, trial.Number, sets));
         }
         ISendEndpoint coordinator = await host.Services.GetRequiredService<ISendEndpointProvider>().GetSendEndpoint(new Uri($"queue:{QueueNames.Coordinator}"));
         await coordinator.Send(new SubmitSweep

@@ -26,21 +26,33 @@ public static class FeatureSetRunner
     /// <summary>How long a requested set may take to appear in the database before the service is presumed absent.</summary>
     private static readonly TimeSpan ServiceAnswer = TimeSpan.FromSeconds(60);
 
-    /// <summary>The feature set's key, once complete.</summary>
-    /// <param name="timeout">Give up following after this long (zero: never); the extraction goes on in the service.</param>
-    public static async Task<string> EnsureAsync(IHost host, CliContext cli, FileStore store, ExtractionRequest request, bool showProgress, CancellationToken ct,
-        TimeSpan timeout = default)
+    /// <summary>Asks the service for the set unless the cache has it complete; true when asked (the set is to be followed).</summary>
+    public static async Task<bool> RequestAsync(IHost host, CliContext cli, ExtractionRequest request, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(host);
         ArgumentNullException.ThrowIfNull(cli);
         ArgumentNullException.ThrowIfNull(request);
-        string key = request.Key.Value;
-        if ((await SetAsync(cli, key, ct))?.Status == FeatureSetStatus.Complete)
+        if ((await SetAsync(cli, request.Key.Value, ct))?.Status == FeatureSetStatus.Complete)
         {
-            return key;
+            return false;
         }
         ISendEndpoint coordinator = await host.Services.GetRequiredService<ISendEndpointProvider>().GetSendEndpoint(new Uri($"queue:{QueueNames.Coordinator}"));
         await coordinator.Send(request.ToMessage(), ct);
+        return true;
+    }
+
+    /// <summary>The feature set's key, once complete.</summary>
+    /// <param name="timeout">Give up following after this long (zero: never); the extraction goes on in the service.</param>
+    /// <param name="requested">Already asked of the service (<see cref="RequestAsync"/>): only follow it, so its shards are not sent twice.</param>
+    public static async Task<string> EnsureAsync(IHost host, CliContext cli, FileStore store, ExtractionRequest request, bool showProgress, CancellationToken ct,
+        TimeSpan timeout = default, bool requested = false)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        string key = request.Key.Value;
+        if (!requested && !await RequestAsync(host, cli, request, ct))
+        {
+            return key;
+        }
         var clock = System.Diagnostics.Stopwatch.StartNew();
         FeatureSetRecord set;
         while (true)

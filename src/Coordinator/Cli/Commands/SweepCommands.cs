@@ -24,16 +24,7 @@ public class SweepIdSettings : GlobalSettings
     public string Id { get; init; } = "";
 }
 
-public sealed class SweepSubmitSettings : GlobalSettings
-{
-    [CommandArgument(0, "<SPEC>")]
-    [Description("A sweep spec (YAML, DESIGN.md's format).")]
-    public string Spec { get; init; } = "";
-
-    [CommandOption("--no-share")]
-    [Description("Share no frozen prefix between trials (for comparison).")]
-    public bool NoShare { get; init; }
-}
+public sealed class SweepSubmitSettings : SweepSpecSettings;
 
 public sealed class SweepResultsSettings : SweepIdSettings
 {

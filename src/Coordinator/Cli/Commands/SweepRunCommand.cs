@@ -7,7 +7,8 @@ using Spectre.Console.Cli;
 
 namespace Cluster.Coordinator.Cli.Commands;
 
-public sealed class SweepRunSettings : GlobalSettings
+/// <summary>What `sweep run` and `sweep submit` take: a spec, and whether its trials share their frozen prefixes.</summary>
+public class SweepSpecSettings : GlobalSettings
 {
     [CommandArgument(0, "<SPEC>")]
     [Description("A sweep spec (YAML, DESIGN.md's format; examples/ has several). Every field with one value: one trial.")]
@@ -16,7 +17,10 @@ public sealed class SweepRunSettings : GlobalSettings
     [CommandOption("--no-share")]
     [Description("Share no frozen prefix between trials (each computes its own, as Ray Tune or Optuna would): for comparison.")]
     public bool NoShare { get; init; }
+}
 
+public sealed class SweepRunSettings : SweepSpecSettings
+{
     [CommandOption("--timeout <SECONDS>")]
     [Description("Give up waiting after this long (0: wait until done); the sweep goes on in the service.")]
     [DefaultValue(0)]
