@@ -6,9 +6,11 @@
 #   bench/dispatch_bench.sh [--trials 1000] [--parallelism 2]
 #
 # Per trial, from the database the service and the workers wrote:
-#   overhead = segment start (its completed_at minus its own measured seconds) - trial started_at (the scheduler's
+#   overhead = segments.started_at (the worker begins the segment's work) - trials.started_at (the scheduler's
 #              decision, saved in the transaction that sends the segment)
-# i.e. save + send + RabbitMQ + the worker's consume and its "already recorded?" lookup. With parallelism equal to the
+# i.e. save + send + RabbitMQ + the worker's consume (and its "already recorded?" lookup when the delivery could be a
+# repeat; a first send skips it). Also printed: what recording took (completed_at - started_at - the segment's own
+# seconds: the worker's two queries and its insert). With parallelism equal to the
 # worker count no segment waits for a busy worker. Also printed: scheduler events per second over the sweep (trials
 # completed / wall time from the first decision to the last completion), which bounds from below what one
 # coordinator handles, since the workers' own work is in that time too.
@@ -37,7 +39,7 @@ cleanup() {
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     bash "$repo/scripts/test-servers.sh" stop "$servers" >/dev/null 2>&1 || true
-    rm -rf "$work"
+    [[ -n "${KEEP_WORK:-}" ]] || rm -rf "$work"
 }
 trap cleanup EXIT
 eval "$(bash "$repo/scripts/test-servers.sh" start "$servers")"
@@ -78,15 +80,17 @@ dotnet "$coordinator" sweep watch "$id" --cluster --format json > /dev/null
 lscpu | grep -E "^(Model name|CPU family|Model|Thread|Core|Socket)" >&2
 psql_ bench -At <<SQL
 WITH per_trial AS (
-    SELECT EXTRACT(EPOCH FROM (s.completed_at - make_interval(secs => s.seconds) - t.started_at)) * 1000 AS overhead_ms,
+    SELECT EXTRACT(EPOCH FROM (s.started_at - t.started_at)) * 1000 AS overhead_ms,
+           EXTRACT(EPOCH FROM (s.completed_at - make_interval(secs => s.seconds) - s.started_at)) * 1000 AS record_ms,
            t.started_at, s.completed_at
     FROM trials t JOIN segments s ON s.trial_id = t.id AND s.index = 0
     WHERE t.sweep_id = '$id' AND t.status = 'Completed')
-SELECT format('trials %s | dispatch overhead ms: median %s, p10 %s, p90 %s | events/s %s | wall %s s',
+SELECT format('trials %s | dispatch overhead ms: median %s, p10 %s, p90 %s | recording ms: median %s | events/s %s | wall %s s',
     count(*),
     round(percentile_cont(0.5) WITHIN GROUP (ORDER BY overhead_ms)::numeric, 2),
     round(percentile_cont(0.1) WITHIN GROUP (ORDER BY overhead_ms)::numeric, 2),
     round(percentile_cont(0.9) WITHIN GROUP (ORDER BY overhead_ms)::numeric, 2),
+    round(percentile_cont(0.5) WITHIN GROUP (ORDER BY record_ms)::numeric, 2),
     round((count(*) / EXTRACT(EPOCH FROM (max(completed_at) - min(started_at))))::numeric, 1),
     round(EXTRACT(EPOCH FROM (max(completed_at) - min(started_at)))::numeric, 1))
 FROM per_trial;

@@ -65,6 +65,22 @@ public sealed class WorkerJobRunnerTests
     }
 
     [Fact]
+    public async Task A_delivery_that_cannot_be_a_repeat_skips_the_lookup_but_a_lost_insert_race_still_finds_the_winner()
+    {
+        var lookups = new List<int>();
+        await Runner.RunAsync("job/1", Job(findRecorded: n => { lookups.Add(n); return new Result("earlier"); }), default, mayBeRecorded: false);
+        // Computed without asking (the lookup would have found "earlier"): the record's key is what keeps it single.
+        lookups.ShouldBeEmpty();
+        _calls.ShouldBe(["compute while tracking job/1", "record computed", "completed computed recorded-before=False"]);
+
+        _calls.Clear();
+        await Runner.RunAsync("job/2", Job(findRecorded: n => { lookups.Add(n); return new Result("winner"); }, record: _ => throw new DbUpdateException("duplicate key")),
+            default, mayBeRecorded: false);
+        lookups.ShouldBe([0]);
+        _calls.ShouldBe(["compute while tracking job/2", "record computed", "completed winner recorded-before=True"]);
+    }
+
+    [Fact]
     public async Task A_lost_insert_race_announces_the_winner_and_an_unexplained_insert_error_propagates()
     {
         await Runner.RunAsync("job/1", Job(findRecorded: n => n == 0 ? null : new Result("winner"), record: _ => throw new DbUpdateException("duplicate key")), default);

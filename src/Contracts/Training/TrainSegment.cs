@@ -24,6 +24,13 @@ public sealed record TrainSegment
     public required TrialSettings Settings { get; init; }
 
     public required TrialData Data { get; init; }
+
+    /// <summary>
+    /// The coordinator may have sent this segment before (a retry after a failure, or a restart that sends again what was
+    /// in flight): the worker checks whether it is already recorded before training. A first send, delivered for the
+    /// first time, skips that lookup (one database round trip less on every dispatch).
+    /// </summary>
+    public bool Resent { get; init; }
 }
 
 /// <summary>Worker → coordinator: a segment is trained, checkpointed and recorded (also sent again for a segment found already done).</summary>

@@ -132,7 +132,7 @@ public sealed class SweepDriver(ClusterDbContext db, FileStore store, ILogger lo
         {
             logger.LogWarning("Trial {Trial} segment {Segment} failed (attempt {Attempt} of {Attempts}), sent again: {Reason}",
                 trial.Id, m.Segment, trial.Attempts, _sweep.MaxAttempts, m.Reason);
-            Dispatch(trial);
+            Dispatch(trial, resent: true);
         }
         else
         {
@@ -345,18 +345,19 @@ public sealed class SweepDriver(ClusterDbContext db, FileStore store, ILogger lo
     }
 
     /// <summary>Sends the trial's next segment: from its last recorded epoch up to the search's target, at most a segment's epochs.</summary>
-    private void Dispatch(TrialRecord trial)
+    /// <param name="resent">The segment may have been sent before (a retry): the worker checks whether it is already recorded.</param>
+    private void Dispatch(TrialRecord trial, bool resent = false)
     {
         if (_sweep.Status != SweepStatus.Running || trial.DispatchedSegment is not null || PastDeadline)
         {
             return;
         }
-        _sends.Add(SegmentCommand(trial, trial.CompletedSegments));
+        _sends.Add(SegmentCommand(trial, trial.CompletedSegments, resent));
         trial.DispatchedSegment = trial.CompletedSegments;
         trial.DispatchedAt = Now;
     }
 
-    private TrainSegment SegmentCommand(TrialRecord trial, int segment)
+    private TrainSegment SegmentCommand(TrialRecord trial, int segment, bool resent)
     {
         PlannedTrial plan = PlanOf(trial);
         int epochs = plan.Settings.Epochs;
@@ -366,7 +367,7 @@ public sealed class SweepDriver(ClusterDbContext db, FileStore store, ILogger lo
         return new TrainSegment
         {
             SweepId = _sweep.Id, TrialId = trial.Id, Segment = segment, EpochFrom = from, EpochTo = to,
-            IsLast = to >= epochs, Settings = plan.Settings, Data = plan.Data,
+            IsLast = to >= epochs, Settings = plan.Settings, Data = plan.Data, Resent = resent,
         };
     }
 
@@ -380,7 +381,7 @@ public sealed class SweepDriver(ClusterDbContext db, FileStore store, ILogger lo
             {
                 if (inFlightLost && _sweep.Status == SweepStatus.Running && !PastDeadline)
                 {
-                    _sends.Add(SegmentCommand(trial, segment));
+                    _sends.Add(SegmentCommand(trial, segment, resent: true));
                 }
             }
             else if (ReachedTarget(trial))

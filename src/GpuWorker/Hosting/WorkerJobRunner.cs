@@ -11,7 +11,8 @@ namespace Cluster.GpuWorker.Hosting;
 /// The steps of one kind of worker job, for <see cref="WorkerJobRunner"/>: how to find its result if some delivery
 /// already recorded it, how to compute it, how to record it, and what to announce.
 /// </summary>
-/// <param name="FindRecorded">The recorded result, or null. Called first, and again after a lost insert race.</param>
+/// <param name="FindRecorded">The recorded result, or null. Called first (unless the delivery cannot be a repeat), and again
+/// after a lost insert race.</param>
 /// <param name="Compute">The work itself; honours the token (shutdown).</param>
 /// <param name="Record">Writes the result; not cancellable (once computed, a result is worth keeping while shutting down). A
 /// <see cref="DbUpdateException"/> from it is a lost race when <paramref name="FindRecorded"/> then finds a result.</param>
@@ -35,13 +36,16 @@ public sealed record WorkerJob<TResult>(
 /// </summary>
 public sealed class WorkerJobRunner(JobTracker jobs, ILogger<WorkerJobRunner> logger)
 {
-    public async Task RunAsync<TResult>(string jobId, WorkerJob<TResult> job, CancellationToken ct)
+    /// <param name="mayBeRecorded">False only when no earlier delivery of this job can exist (the sender's first send,
+    /// delivered for the first time): the "already recorded?" lookup is skipped. Records are keyed by the job, so a
+    /// repeat that slipped through would cost the work again, never a second record.</param>
+    public async Task RunAsync<TResult>(string jobId, WorkerJob<TResult> job, CancellationToken ct, bool mayBeRecorded = true)
         where TResult : class
     {
         ArgumentNullException.ThrowIfNull(job);
         using IDisposable _ = jobs.Begin(jobId);
         using IDisposable __ = Serilog.Context.LogContext.PushProperty("JobId", jobId);
-        TResult? recorded = await job.FindRecorded(ct);
+        TResult? recorded = mayBeRecorded ? await job.FindRecorded(ct) : null;
         if (recorded is not null)
         {
             logger.LogInformation("Job {JobId} was already recorded; not computed again", jobId);

@@ -37,7 +37,8 @@ public sealed record SegmentOutcome(
     string Checkpoint,
     string Sha256,
     double Seconds,
-    IReadOnlyList<EpochRow> Epochs);
+    IReadOnlyList<EpochRow> Epochs,
+    DateTime? StartedAt = null);
 
 /// <summary>
 /// Trains one <see cref="TrainSegment"/>: the trial's model (or head) from its last good checkpoint (or its initial
@@ -66,13 +67,14 @@ public sealed class SegmentTrainer(
         SegmentRecord? done = await db.Segments.AsNoTracking()
             .SingleOrDefaultAsync(s => s.TrialId == job.TrialId && s.Index == job.Segment && s.Status == SegmentStatus.Completed, ct);
         return done is null ? null : new SegmentOutcome(done.LastEpoch ?? job.EpochTo - 1, done.ValidationAccuracy, null, done.TestAccuracy,
-            done.StoppedEarly, done.CheckpointPath ?? "", done.Sha256 ?? "", done.Seconds, []);
+            done.StoppedEarly, done.CheckpointPath ?? "", done.Sha256 ?? "", done.Seconds, [], done.StartedAt);
     }
 
     public async Task<SegmentOutcome> TrainAsync(TrainSegment job, Action<TrialProgress>? progress, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(job);
         var clock = Stopwatch.StartNew();
+        DateTime startedAt = DateTime.UtcNow;
         TrialSettings settings = job.Settings;
         var plan = TrialPlan.From(settings, job.Data.ClassNames.Count);
         if (job.EpochFrom < 0 || job.EpochTo <= job.EpochFrom || job.EpochTo > settings.Epochs)
@@ -125,7 +127,7 @@ public sealed class SegmentTrainer(
         }, tensors, ct);
         EpochRow? validation = rows.LastOrDefault(r => r.Split == "validation");
         return new SegmentOutcome(lastEpoch, validation?.Accuracy, validation?.Loss, testAccuracy, state.StoppedEarly,
-            info.TensorsPath, info.Sha256, clock.Elapsed.TotalSeconds, rows);
+            info.TensorsPath, info.Sha256, clock.Elapsed.TotalSeconds, rows, startedAt);
     }
 
     /// <summary>Writes the segment's row and its epochs' metric rows in one transaction (a redelivery replaces the rows of epochs trained again).</summary>
@@ -165,6 +167,7 @@ public sealed class SegmentTrainer(
         segment.StoppedEarly = outcome.StoppedEarly;
         segment.Seconds = outcome.Seconds;
         segment.FailureReason = null;
+        segment.StartedAt = outcome.StartedAt;
         segment.CompletedAt = DateTime.UtcNow;
         await db.SaveChangesAsync();
         WriteLearningCurves(job, outcome);

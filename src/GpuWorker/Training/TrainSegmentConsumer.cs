@@ -16,6 +16,9 @@ public sealed class TrainSegmentConsumer(SegmentTrainer trainer, WorkerIdentity 
     public Task Consume(ConsumeContext<TrainSegment> context)
     {
         TrainSegment job = context.Message;
+        // Only a segment the coordinator sent again, or a message the broker or the retry filter delivers again, can
+        // have been recorded already; a first delivery of a first send skips the lookup.
+        bool mayBeRecorded = job.Resent || context.ReceiveContext.Redelivered || context.GetRetryAttempt() > 0 || context.GetRedeliveryCount() > 0;
         return runner.RunAsync(SegmentTrainer.JobId(job), new WorkerJob<SegmentOutcome>(
             FindRecorded: ct => trainer.FindRecordedAsync(job, ct),
             Compute: ct => trainer.TrainAsync(job, progress => Publish(context, progress), ct),
@@ -34,7 +37,7 @@ public sealed class TrainSegmentConsumer(SegmentTrainer trainer, WorkerIdentity 
                 {
                     SweepId = job.SweepId, TrialId = job.TrialId, Segment = job.Segment, WorkerId = identity.WorkerId, Reason = reason, Retriable = retriable,
                 });
-            }), context.CancellationToken);
+            }), context.CancellationToken, mayBeRecorded);
     }
 
     // Progress is best effort (about once a second, from the training thread): a lost one only delays a progress bar.

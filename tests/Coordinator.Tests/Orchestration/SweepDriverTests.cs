@@ -103,12 +103,13 @@ public sealed class SweepDriverTests : IAsyncLifetime
         IReadOnlyList<TrainSegment> first = await Submit(sweep);
 
         first.Select(s => NumberOf(sweep, s)).ShouldBe([0, 1]);
-        first.ShouldAllBe(s => s.Segment == 0 && s.EpochFrom == 0 && s.EpochTo == 2 && !s.IsLast);
+        // First sends: the worker need not ask whether they are recorded already.
+        first.ShouldAllBe(s => s.Segment == 0 && s.EpochFrom == 0 && s.EpochTo == 2 && !s.IsLast && !s.Resent);
         (await Trials(sweep.SweepId)).Select(t => t.Status).ShouldBe([TrialStatus.Running, TrialStatus.Running, TrialStatus.Pending]);
 
         IReadOnlyList<TrainSegment> next = await Complete(first[0], 0.6);
         TrainSegment second = next.ShouldHaveSingleItem();
-        (second.Segment, second.EpochFrom, second.EpochTo, second.IsLast).ShouldBe((1, 2, 3, true));
+        (second.Segment, second.EpochFrom, second.EpochTo, second.IsLast, second.Resent).ShouldBe((1, 2, 3, true, false));
 
         // Trial 0 ends: the grid's third configuration starts in its place.
         TrainSegment third = (await Complete(second, 0.7)).ShouldHaveSingleItem();
@@ -195,7 +196,8 @@ public sealed class SweepDriverTests : IAsyncLifetime
         TrainSegment segment = (await Submit(sweep)).ShouldHaveSingleItem();
 
         TrainSegment again = (await Fail(segment, retriable: true)).ShouldHaveSingleItem();
-        again.ShouldBe(segment with { Settings = again.Settings, Data = again.Data });
+        // The same segment, marked as possibly sent before, so the worker checks for a record first.
+        again.ShouldBe(segment with { Settings = again.Settings, Data = again.Data, Resent = true });
         TrainSegment third = (await Fail(again, retriable: true)).ShouldHaveSingleItem();
         TrainSegment nextTrial = (await Fail(third, retriable: true)).ShouldHaveSingleItem();
 
@@ -267,7 +269,7 @@ public sealed class SweepDriverTests : IAsyncLifetime
         // Only trial 1's segment was in flight; both copies of it may now be trained, and the second report is ignored.
         TrainSegment again = recovered.ShouldHaveSingleItem();
         again.TrialId.ShouldBe(sent[1].TrialId);
-        (again.Segment, again.EpochFrom, again.EpochTo).ShouldBe((sent[1].Segment, sent[1].EpochFrom, sent[1].EpochTo));
+        (again.Segment, again.EpochFrom, again.EpochTo, again.Resent).ShouldBe((sent[1].Segment, sent[1].EpochFrom, sent[1].EpochTo, true));
         (await Complete(sent[1], 0.7)).ShouldBeEmpty();
         (await Complete(again, 0.7)).ShouldBeEmpty();
         (await Sweep(sweep.SweepId)).Status.ShouldBe(SweepStatus.Completed);

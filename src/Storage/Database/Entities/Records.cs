@@ -228,6 +228,10 @@ public sealed class SegmentRecord
     public bool StoppedEarly { get; set; }
     public double Seconds { get; set; }
     public string? FailureReason { get; set; }
+
+    /// <summary>When the worker began the segment's work (after its "already recorded?" check): with the trial's dispatch
+    /// time, what the segment waited for; with <see cref="CompletedAt"/>, what recording it took.</summary>
+    public DateTime? StartedAt { get; set; }
     public DateTime? CompletedAt { get; set; }
 }
 

@@ -316,6 +316,10 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .HasColumnType("text")
                         .HasColumnName("sha256");
 
+                    b.Property<DateTime?>("StartedAt")
+                        .HasColumnType("timestamp with time zone")
+                        .HasColumnName("started_at");
+
                     b.Property<string>("Status")
                         .IsRequired()
                         .HasMaxLength(32)

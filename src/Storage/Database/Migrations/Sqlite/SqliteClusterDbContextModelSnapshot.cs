@@ -309,6 +309,10 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .HasColumnType("TEXT")
                         .HasColumnName("sha256");
 
+                    b.Property<DateTime?>("StartedAt")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("started_at");
+
                     b.Property<string>("Status")
                         .IsRequired()
                         .HasMaxLength(32)
