@@ -56,8 +56,8 @@ public static class SweepLauncher
             staged[file.FilePath!] = await WeightsStaging.StageAsync(store, file.FilePath!, file.Sha256!, ct);
         }
         var sweepId = Guid.NewGuid();
-        // Every trial's feature sets, keyed: all are asked of the service first, so the workers extract them side by
-        // side, then followed one by one.
+        // Every trial's feature sets, keyed: all are asked of the service in one message, so the sets one pass over the
+        // images computes (taps of one backbone) are extracted in that pass and the rest side by side; then followed.
         var needs = new List<(Guid TrialId, string Weights, List<(FeatureNeed Need, ExtractionRequest Request)> Sets)>();
         var requests = new Dictionary<string, ExtractionRequest>(StringComparer.Ordinal);
         foreach (SweepTrialLayout trial in layout.Trials)
@@ -77,14 +77,7 @@ public static class SweepLauncher
             }
             needs.Add((trialId, weights, sets));
         }
-        var asked = new HashSet<string>(StringComparer.Ordinal);
-        foreach ((string key, ExtractionRequest request) in requests)
-        {
-            if (await FeatureSetRunner.RequestAsync(host, cli, request, ct))
-            {
-                asked.Add(key);
-            }
-        }
+        IReadOnlySet<string> asked = await FeatureSetRunner.RequestAllAsync(host, cli, requests.Values, ct);
         var features = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach ((string key, ExtractionRequest request) in requests)
         {

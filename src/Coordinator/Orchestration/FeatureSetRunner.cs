@@ -41,6 +41,31 @@ public static class FeatureSetRunner
         return true;
     }
 
+    /// <summary>
+    /// Asks the service, in one message, for every set the cache does not have complete, so that sets one pass over the
+    /// images computes are extracted together (<see cref="Cluster.Contracts.Features.EnsureFeatureSets"/>); the keys asked
+    /// (those to follow).
+    /// </summary>
+    public static async Task<IReadOnlySet<string>> RequestAllAsync(IHost host, CliContext cli, IReadOnlyCollection<ExtractionRequest> requests, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(host);
+        ArgumentNullException.ThrowIfNull(requests);
+        var missing = new List<ExtractionRequest>();
+        foreach (ExtractionRequest request in requests)
+        {
+            if ((await SetAsync(cli, request.Key.Value, ct))?.Status != FeatureSetStatus.Complete)
+            {
+                missing.Add(request);
+            }
+        }
+        if (missing.Count > 0)
+        {
+            ISendEndpoint coordinator = await host.Services.GetRequiredService<ISendEndpointProvider>().GetSendEndpoint(new Uri($"queue:{QueueNames.Coordinator}"));
+            await coordinator.Send(new Cluster.Contracts.Features.EnsureFeatureSets { Sets = [.. missing.Select(r => r.ToMessage())] }, ct);
+        }
+        return missing.Select(r => r.Key.Value).ToHashSet(StringComparer.Ordinal);
+    }
+
     /// <summary>The feature set's key, once complete.</summary>
     /// <param name="timeout">Give up following after this long (zero: never); the extraction goes on in the service.</param>
     /// <param name="requested">Already asked of the service (<see cref="RequestAsync"/>): only follow it, so its shards are not sent twice.</param>

@@ -18,16 +18,28 @@ namespace Cluster.Coordinator.Orchestration;
 /// its shard jobs sent; each <see cref="FeatureShardExtracted"/> or <see cref="FeatureShardFailed"/> the workers publish
 /// is checked against the set, and the set is completed (its manifest.json written) when every shard is recorded. So a
 /// set no longer depends on the terminal that asked for it. Events about a complete set, or duplicates, change nothing.
+/// Sets asked for together (<see cref="EnsureFeatureSets"/>, and every set resumed after a restart) that one pass over
+/// the images computes get their shards in shared jobs (<see cref="ExtractionPasses"/>).
 /// </summary>
 public sealed class FeatureSetService(ClusterDbContextFactory databases, ClusterRuntimeSettings settings, ILogger<FeatureSetService> logger) :
-    IConsumer<EnsureFeatureSet>, IConsumer<FeatureShardExtracted>, IConsumer<FeatureShardFailed>, IConsumer<RecoverSweeps>
+    IConsumer<EnsureFeatureSet>, IConsumer<EnsureFeatureSets>, IConsumer<FeatureShardExtracted>, IConsumer<FeatureShardFailed>, IConsumer<RecoverSweeps>
 {
     private FileStore Store => new(settings.StorageRoot);
 
     public async Task Consume(ConsumeContext<EnsureFeatureSet> context)
     {
         ExtractionRequest request = await ExtractionRequest.FromMessageAsync(context.Message, Store, context.CancellationToken);
-        await PlanAndSendAsync(context, request, context.CancellationToken);
+        await PlanAndSendAsync(context, [request], context.CancellationToken);
+    }
+
+    public async Task Consume(ConsumeContext<EnsureFeatureSets> context)
+    {
+        var requests = new List<ExtractionRequest>();
+        foreach (EnsureFeatureSet set in context.Message.Sets)
+        {
+            requests.Add(await ExtractionRequest.FromMessageAsync(set, Store, context.CancellationToken));
+        }
+        await PlanAndSendAsync(context, requests, context.CancellationToken);
     }
 
     public Task Consume(ConsumeContext<FeatureShardExtracted> context) => CompleteIfDoneAsync(context.Message.FeatureSetKey, context.CancellationToken);
@@ -53,37 +65,48 @@ public sealed class FeatureSetService(ClusterDbContextFactory databases, Cluster
         {
             requests = await db.FeatureSets.AsNoTracking().Where(s => s.Status == FeatureSetStatus.Extracting && s.Request != null).Select(s => s.Request!).ToListAsync(ct);
         }
-        int sent = 0;
+        var resumed = new List<ExtractionRequest>();
         foreach (string json in requests)
         {
-            ExtractionRequest request = await ExtractionRequest.FromMessageAsync(JsonSerializer.Deserialize<EnsureFeatureSet>(json)!, Store, ct);
-            sent += await PlanAndSendAsync(sender, request, ct);
+            resumed.Add(await ExtractionRequest.FromMessageAsync(JsonSerializer.Deserialize<EnsureFeatureSet>(json)!, Store, ct));
         }
-        return sent;
+        return await PlanAndSendAsync(sender, resumed, ct);
     }
 
-    private async Task<int> PlanAndSendAsync(ISendEndpointProvider sender, ExtractionRequest request, CancellationToken ct)
+    /// <summary>Plans each set, then sends the shards still missing, one job per pass and shard; the number of jobs sent.</summary>
+    private async Task<int> PlanAndSendAsync(ISendEndpointProvider sender, IReadOnlyList<ExtractionRequest> requests, CancellationToken ct)
     {
         var planner = new FeatureSetPlanner(databases, Store);
-        ExtractionPlan plan = await planner.PlanAsync(request, ct);
-        string key = plan.FeatureSet.Key;
-        if (plan.IsCached)
+        var pending = new List<(ExtractionRequest Request, IReadOnlyList<ExtractFeatures> Jobs)>();
+        foreach (ExtractionRequest request in requests)
+        {
+            ExtractionPlan plan = await planner.PlanAsync(request, ct);
+            if (plan.IsCached)
+            {
+                continue;
+            }
+            if (plan.Jobs.Count == 0)
+            {
+                // Every shard recorded but the set not marked (the service stopped in between): complete it now.
+                await CompleteIfDoneAsync(plan.FeatureSet.Key, ct);
+                continue;
+            }
+            pending.Add((request, plan.Jobs));
+        }
+        if (pending.Count == 0)
         {
             return 0;
         }
-        if (plan.Jobs.Count == 0)
-        {
-            // Every shard recorded but the set not marked (the service stopped in between): complete it now.
-            await CompleteIfDoneAsync(key, ct);
-            return 0;
-        }
+        IReadOnlyList<ExtractFeatures> jobs = ExtractionPasses.Merge(pending);
         ISendEndpoint queue = await sender.GetSendEndpoint(ClusterBus.GpuWorkQueue);
-        foreach (var job in plan.Jobs)
+        foreach (ExtractFeatures job in jobs)
         {
             await queue.Send(job, ct);
         }
-        logger.LogInformation("Feature set {Key}: {Shards} shard job(s) sent of {Total}", key, plan.Jobs.Count, plan.FeatureSet.ShardCount);
-        return plan.Jobs.Count;
+        logger.LogInformation("Feature sets {Keys}: {Shards} shard(s) missing, sent as {Jobs} job(s) in {Passes} pass(es) over the images",
+            string.Join(", ", pending.Select(p => p.Request.Key.Value)), pending.Sum(p => p.Jobs.Count), jobs.Count,
+            ExtractionPasses.Count(pending.Select(p => p.Request)));
+        return jobs.Count;
     }
 
     private async Task CompleteIfDoneAsync(string key, CancellationToken ct)

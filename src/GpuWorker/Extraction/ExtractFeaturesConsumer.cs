@@ -19,20 +19,30 @@ public sealed class ExtractFeaturesConsumer(FeatureExtractor extractor, WorkerId
             FindRecorded: ct => extractor.FindRecordedAsync(job, ct),
             Compute: ct => extractor.ExtractAsync(job, ct),
             Record: extractor.RecordAsync,
-            Completed: (outcome, _) => context.Publish(new FeatureShardExtracted
+            Completed: async (outcome, _) =>
             {
-                FeatureSetKey = job.FeatureSetKey,
-                ShardIndex = job.ShardIndex,
-                WorkerId = identity.WorkerId,
-                ImageCount = outcome.ImageCount,
-                SkippedCount = outcome.SkippedCount,
-                Seconds = outcome.Seconds,
-            }),
+                // One event per feature set the pass wrote: the coordinator completes each set on its own shards.
+                foreach (ExtractionTap tap in job.AllTaps())
+                {
+                    await context.Publish(new FeatureShardExtracted
+                    {
+                        FeatureSetKey = tap.FeatureSetKey,
+                        ShardIndex = job.ShardIndex,
+                        WorkerId = identity.WorkerId,
+                        ImageCount = outcome.ImageCount,
+                        SkippedCount = outcome.SkippedCount,
+                        Seconds = outcome.Seconds,
+                    });
+                }
+            },
             Failed: async (reason, _) =>
             {
                 // The requester can run the request again to retry just the failed shards.
                 await extractor.RecordFailureAsync(job, reason);
-                await context.Publish(new FeatureShardFailed { FeatureSetKey = job.FeatureSetKey, ShardIndex = job.ShardIndex, WorkerId = identity.WorkerId, Reason = reason });
+                foreach (ExtractionTap tap in job.AllTaps())
+                {
+                    await context.Publish(new FeatureShardFailed { FeatureSetKey = tap.FeatureSetKey, ShardIndex = job.ShardIndex, WorkerId = identity.WorkerId, Reason = reason });
+                }
             }), context.CancellationToken);
     }
 }

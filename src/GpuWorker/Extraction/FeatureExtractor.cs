@@ -25,14 +25,17 @@ public sealed record ShardOutcome(int ImageCount, int SkippedCount, double Secon
     internal WrittenShard? Written { get; init; }
 }
 
-/// <summary>A shard file on storage and the images it skipped: what <see cref="FeatureExtractor.RecordAsync"/> records.</summary>
-internal sealed record WrittenShard(ExtractFeatures Job, string Path, string Sha256, IReadOnlyList<SkippedRow> Skipped);
+/// <summary>The shard files on storage (one per tap) and the images skipped: what <see cref="FeatureExtractor.RecordAsync"/> records.</summary>
+internal sealed record WrittenShard(ExtractFeatures Job, IReadOnlyList<WrittenTap> Files, IReadOnlyList<SkippedRow> Skipped);
+
+/// <summary>One tap's shard file.</summary>
+internal sealed record WrittenTap(ExtractionTap Tap, string Path, string Sha256);
 
 /// <summary>
-/// Extracts one shard: decodes its images in parallel (overlapping the forward pass), runs the backbone to the
-/// tap, pools, writes `features/&lt;key&gt;/shard-NNNNN.safetensors` (features [n, ...] in the job's storage dtype,
-/// float32 by default; rows [n] int64) atomically with its sha256, and records the shard and its skipped images in one
-/// database write.
+/// Extracts one shard: decodes its images in parallel (overlapping the forward pass), runs the backbone once to the
+/// deepest of the job's taps, pools each, writes `features/&lt;key&gt;/shard-NNNNN.safetensors` per tap (features [n, ...]
+/// in the tap's storage dtype, float32 by default; rows [n] int64) atomically with its sha256, and records the shards
+/// and the skipped images in one database write.
 /// </summary>
 public sealed class FeatureExtractor(
     FileStore store,
@@ -53,10 +56,19 @@ public sealed class FeatureExtractor(
     /// <summary>The shard's recorded outcome if a delivery of it completed before, else null.</summary>
     public async Task<ShardOutcome?> FindRecordedAsync(ExtractFeatures job, CancellationToken cancellationToken)
     {
+        // Recorded only when every tap's shard is: one transaction records them all, so a pass is found whole or not at
+        // all (a set recorded by an earlier job of its own is simply written again, to the same content).
+        var keys = job.AllTaps().Select(t => t.FeatureSetKey).Distinct().ToList();
         await using ClusterDbContext db = await databases.CreateDbContextAsync(cancellationToken);
-        FeatureShardRecord? done = await db.FeatureShards.AsNoTracking().SingleOrDefaultAsync(
-            s => s.FeatureSetKey == job.FeatureSetKey && s.Index == job.ShardIndex && s.Status == FeatureShardStatus.Complete, cancellationToken);
-        return done is null ? null : new ShardOutcome(done.ImageCount, done.SkippedCount, done.Seconds, AlreadyRecorded: true);
+        List<FeatureShardRecord> done = await db.FeatureShards.AsNoTracking()
+            .Where(s => keys.Contains(s.FeatureSetKey) && s.Index == job.ShardIndex && s.Status == FeatureShardStatus.Complete)
+            .ToListAsync(cancellationToken);
+        if (done.Count < keys.Count)
+        {
+            return null;
+        }
+        FeatureShardRecord first = done.Single(s => s.FeatureSetKey == job.FeatureSetKey);
+        return new ShardOutcome(first.ImageCount, first.SkippedCount, first.Seconds, AlreadyRecorded: true);
     }
 
     /// <summary>Extracts the shard and writes its file; <see cref="RecordAsync"/> records it.</summary>
@@ -69,18 +81,25 @@ public sealed class FeatureExtractor(
             throw new ArgumentException($"rows [{job.RowStart}, {job.RowStart + job.RowCount}) are outside dataset {job.DatasetId} ({manifest.Entries.Count} images)");
         }
         ArchitectureInfo architecture = ModelCatalog.Find(job.Model);
-        FeatureStorageDtype storage = FeatureStorageDtype.Parse(job.StorageDtype);
+        IReadOnlyList<ExtractionTap> taps = job.AllTaps();
+        FeatureStorageDtype[] storage = [.. taps.Select(t => FeatureStorageDtype.Parse(t.StorageDtype))];
+        string[] layers = [.. taps.Select(t => t.Layer).Distinct(StringComparer.Ordinal)];
         Preprocessing preprocessing = PreprocessingFor(architecture, job.InputSize);
         int side = preprocessing.InputSize;
         // Checked for this shard's batch sizes (at the input size it will run) on the lanes' threads; a batch
         // shortened by skipped images is checked when it comes.
         var plan = new KernelPlan(side, KernelPlan.BatchSizesFor(job.RowCount, job.BatchSize), lanes.Layout.ThreadsPerLane, job.Layer);
         InferenceModel model = models.Get(new ModelRequest(job.Model, job.WeightsPath, job.WeightsHash, job.Precision), plan);
+        foreach (string layer in layers.Skip(1))
+        {
+            // The convolutions on the way to the other taps (only those not checked yet: one of them is the deepest).
+            model.EnsureVerified(plan with { Tap = layer });
+        }
         string[] paths = manifest.Entries.Skip((int)job.RowStart).Take(job.RowCount).Select(e => e.Path).ToArray();
 
         ImageBatchPipeline pipeline = PipelineFor(preprocessing, job.BatchSize, manifest.Root);
         var skipped = new List<SkippedRow>();
-        var output = new ShardFeatures(job.RowStart, job.RowCount);
+        ShardFeatures[] outputs = [.. taps.Select(_ => new ShardFeatures(job.RowStart, job.RowCount))];
         var forwards = new List<Task>();
         int processed = 0;
         try
@@ -101,7 +120,7 @@ public sealed class FeatureExtractor(
                     using (batch)
                     {
                         cancellationToken.ThrowIfCancellationRequested();
-                        Forward(batch, model, job, side, output);
+                        Forward(batch, model, taps, layers, side, outputs);
                     }
                     jobs.ReportThroughput(Interlocked.Add(ref processed, batch.Count) / Math.Max(clock.Elapsed.TotalSeconds, 1e-3));
                 }));
@@ -119,28 +138,37 @@ public sealed class FeatureExtractor(
             // Leaving early (cancelled, a bad batch): lanes still holding batches of this shard finish first.
             await Task.WhenAll(forwards).ContinueWith(_ => { }, TaskScheduler.Default);
         }
-        (float[] features, long[] rows, long[] featureShape) = output.Compact();
-        int featureLength = (int)featureShape.Aggregate(1L, (a, b) => a * b);
-
-        string path = ShardPath(job.FeatureSetKey, job.ShardIndex);
-        var metadata = new Dictionary<string, string>
+        var files = new List<WrittenTap>(taps.Count);
+        int imageCount = 0;
+        for (int i = 0; i < taps.Count; i++)
         {
-            ["feature_set"] = job.FeatureSetKey,
-            ["shard"] = job.ShardIndex.ToString(System.Globalization.CultureInfo.InvariantCulture),
-            ["model"] = job.Model,
-            ["layer"] = job.Layer,
-            ["pooling"] = job.Pooling,
-            ["preprocessing"] = preprocessing.Name,
-            ["input_size"] = side.ToString(System.Globalization.CultureInfo.InvariantCulture),
-            ["dtype"] = storage.RecordName,
-        };
-        string sha256 = await store.WriteWithSha256Async(path, (stream, ct) =>
-        {
-            WriteShard(stream, storage, features.AsMemory(0, rows.Length * featureLength), rows, featureShape, metadata);
-            return Task.CompletedTask;
-        }, cancellationToken);
+            ExtractionTap tap = taps[i];
+            (float[] features, long[] rows, long[] featureShape) = outputs[i].Compact();
+            outputs[i] = null!; // the shard's features may be large: let them go as soon as they are written
+            int featureLength = (int)featureShape.Aggregate(1L, (a, b) => a * b);
+            imageCount = rows.Length;
+            string path = ShardPath(tap.FeatureSetKey, job.ShardIndex);
+            var metadata = new Dictionary<string, string>
+            {
+                ["feature_set"] = tap.FeatureSetKey,
+                ["shard"] = job.ShardIndex.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                ["model"] = job.Model,
+                ["layer"] = tap.Layer,
+                ["pooling"] = tap.Pooling,
+                ["preprocessing"] = preprocessing.Name,
+                ["input_size"] = side.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                ["dtype"] = storage[i].RecordName,
+            };
+            FeatureStorageDtype dtype = storage[i];
+            string sha256 = await store.WriteWithSha256Async(path, (stream, ct) =>
+            {
+                WriteShard(stream, dtype, features.AsMemory(0, rows.Length * featureLength), rows, featureShape, metadata);
+                return Task.CompletedTask;
+            }, cancellationToken);
+            files.Add(new WrittenTap(tap, path, sha256));
+        }
         double seconds = clock.Elapsed.TotalSeconds;
-        return new ShardOutcome(rows.Length, skipped.Count, seconds, AlreadyRecorded: false) { Written = new WrittenShard(job, path, sha256, skipped) };
+        return new ShardOutcome(imageCount, skipped.Count, seconds, AlreadyRecorded: false) { Written = new WrittenShard(job, files, skipped) };
     }
 
     /// <summary>
@@ -194,8 +222,11 @@ public sealed class FeatureExtractor(
         }
     }
 
-    /// <summary>One batch through the backbone to the tap (on a lane thread), its features stored at its rows.</summary>
-    private void Forward(ImageBatch batch, InferenceModel model, ExtractFeatures job, int side, ShardFeatures output)
+    /// <summary>
+    /// One batch through the backbone (on a lane thread), once to the deepest tap, each tap's features (pooled as that
+    /// tap asks) stored at the batch's rows in that tap's output.
+    /// </summary>
+    private void Forward(ImageBatch batch, InferenceModel model, IReadOnlyList<ExtractionTap> taps, string[] layers, int side, ShardFeatures[] outputs)
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
@@ -209,12 +240,23 @@ public sealed class FeatureExtractor(
             input = input.pin_memory().to(device.Device, non_blocking: true);
         }
         input = model.PrepareInput(input);
-        Tensor result = model.ForwardTo(input, job.Layer);
-        if (job.Pooling == "avg" && result.dim() == 4)
+        // One tap runs straight to it; several share one pass (the activations of the shallower ones kept on the way).
+        Dictionary<string, Tensor> activations = layers.Length == 1
+            ? new() { [layers[0]] = model.ForwardTo(input, layers[0]) }
+            : model.ForwardTaps(input, layers);
+        for (int i = 0; i < taps.Count; i++)
         {
-            result = result.mean([2, 3]);
+            Tensor result = activations[taps[i].Layer];
+            if (taps[i].Pooling == "avg" && result.dim() == 4)
+            {
+                result = result.mean([2, 3]);
+            }
+            Store(batch, result.to(ScalarType.Float32).cpu().contiguous(), outputs[i]);
         }
-        result = result.to(ScalarType.Float32).cpu().contiguous();
+    }
+
+    private static void Store(ImageBatch batch, Tensor result, ShardFeatures output)
+    {
         // Staged through a pooled array: a batch's rows are not contiguous in the shard when some were skipped.
         int length = checked((int)result.numel());
         float[] staging = ArrayPool<float>.Shared.Rent(length);
@@ -229,55 +271,63 @@ public sealed class FeatureExtractor(
         }
     }
 
-    /// <summary>Records a shard that could not be extracted, with the reason, so the requester can say why.</summary>
+    /// <summary>Records a shard that could not be extracted (at every tap of the job not already complete), with the reason, so the requester can say why.</summary>
     public async Task RecordFailureAsync(ExtractFeatures job, string reason)
     {
+        ArgumentNullException.ThrowIfNull(job);
         await using ClusterDbContext db = await databases.CreateDbContextAsync(CancellationToken.None);
-        FeatureShardRecord? row = await db.FeatureShards.FindAsync([job.FeatureSetKey, job.ShardIndex]);
-        if (row is { Status: FeatureShardStatus.Complete })
+        foreach (string key in job.AllTaps().Select(t => t.FeatureSetKey).Distinct())
         {
-            return;
+            FeatureShardRecord? row = await db.FeatureShards.FindAsync([key, job.ShardIndex]);
+            if (row is { Status: FeatureShardStatus.Complete })
+            {
+                continue;
+            }
+            if (row is null)
+            {
+                row = new FeatureShardRecord { FeatureSetKey = key, Index = job.ShardIndex, Path = "", Sha256 = "" };
+                db.FeatureShards.Add(row);
+            }
+            row.Status = FeatureShardStatus.Failed;
+            row.FailureReason = reason;
+            row.WorkerId = identity.WorkerId;
+            row.CreatedAt = DateTime.UtcNow;
         }
-        if (row is null)
-        {
-            row = new FeatureShardRecord { FeatureSetKey = job.FeatureSetKey, Index = job.ShardIndex, Path = "", Sha256 = "" };
-            db.FeatureShards.Add(row);
-        }
-        row.Status = FeatureShardStatus.Failed;
-        row.FailureReason = reason;
-        row.WorkerId = identity.WorkerId;
-        row.CreatedAt = DateTime.UtcNow;
         await db.SaveChangesAsync(CancellationToken.None);
     }
 
     /// <summary>
-    /// One transaction: the shard row (replacing a failed attempt) and its skipped images not yet known. A lost race with
+    /// One transaction: the shard's row for each tap (replacing a failed attempt) and its skipped images not yet known. A lost race with
     /// another delivery of the shard surfaces as a <see cref="DbUpdateException"/> (the job runner checks who won).
     /// </summary>
     public async Task RecordAsync(ShardOutcome outcome)
     {
         WrittenShard written = outcome.Written ?? throw new InvalidOperationException("this shard outcome was read back, not extracted: nothing to record");
-        (ExtractFeatures job, string path, string sha256, IReadOnlyList<SkippedRow> skipped) = written;
+        (ExtractFeatures job, IReadOnlyList<WrittenTap> files, IReadOnlyList<SkippedRow> skipped) = written;
         int images = outcome.ImageCount;
         double seconds = outcome.Seconds;
         await using ClusterDbContext db = await databases.CreateDbContextAsync(CancellationToken.None);
-        FeatureShardRecord? row = await db.FeatureShards.FindAsync([job.FeatureSetKey, job.ShardIndex]);
-        if (row is null)
+        foreach ((ExtractionTap tap, string path, string sha256) in files)
         {
-            row = new FeatureShardRecord { FeatureSetKey = job.FeatureSetKey, Index = job.ShardIndex, Path = path, Sha256 = sha256 };
-            db.FeatureShards.Add(row);
+            FeatureShardRecord? row = await db.FeatureShards.FindAsync([tap.FeatureSetKey, job.ShardIndex]);
+            if (row is null)
+            {
+                row = new FeatureShardRecord { FeatureSetKey = tap.FeatureSetKey, Index = job.ShardIndex, Path = path, Sha256 = sha256 };
+                db.FeatureShards.Add(row);
+            }
+            row.Status = FeatureShardStatus.Complete;
+            row.FailureReason = null;
+            row.Path = path;
+            row.Sha256 = sha256;
+            row.RowStart = job.RowStart;
+            row.RowCount = job.RowCount;
+            row.ImageCount = images;
+            row.SkippedCount = skipped.Count;
+            row.WorkerId = identity.WorkerId;
+            // The pass's time, shared by its taps: each set's row says what computing it (with the others) took.
+            row.Seconds = seconds;
+            row.CreatedAt = DateTime.UtcNow;
         }
-        row.Status = FeatureShardStatus.Complete;
-        row.FailureReason = null;
-        row.Path = path;
-        row.Sha256 = sha256;
-        row.RowStart = job.RowStart;
-        row.RowCount = job.RowCount;
-        row.ImageCount = images;
-        row.SkippedCount = skipped.Count;
-        row.WorkerId = identity.WorkerId;
-        row.Seconds = seconds;
-        row.CreatedAt = DateTime.UtcNow;
 
         if (skipped.Count > 0)
         {
@@ -299,8 +349,8 @@ public sealed class FeatureExtractor(
         await db.SaveChangesAsync(CancellationToken.None);
         NativeHeap.ReleaseFreedMemory();
         // Resident and managed memory after every shard: the figures that show a long extraction stays flat.
-        logger.LogInformation("Shard {Shard} of {FeatureSet}: {Images} images, {Skipped} skipped, in {Seconds:F1} s ({Rate:F1} images/s); resident {ResidentMiB} MiB, managed heap {ManagedMiB} MiB",
-            job.ShardIndex, job.FeatureSetKey, images, skipped.Count, seconds, (images + skipped.Count) / Math.Max(seconds, 1e-3),
+        logger.LogInformation("Shard {Shard} of {FeatureSet} ({Taps} tap(s) in one pass): {Images} images, {Skipped} skipped, in {Seconds:F1} s ({Rate:F1} images/s); resident {ResidentMiB} MiB, managed heap {ManagedMiB} MiB",
+            job.ShardIndex, job.FeatureSetKey, files.Count, images, skipped.Count, seconds, (images + skipped.Count) / Math.Max(seconds, 1e-3),
             Environment.WorkingSet >> 20, GC.GetGCMemoryInfo().HeapSizeBytes >> 20);
     }
 }

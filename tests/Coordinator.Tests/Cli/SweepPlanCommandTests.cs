@@ -100,6 +100,39 @@ public sealed class SweepPlanCommandTests : IDisposable
     }
 
     [Fact]
+    public async Task A_sweep_over_three_cutoffs_plans_one_pass_per_dataset_and_runs_it_once()
+    {
+        string spec = WriteSpec("logistic", "0.01");
+        File.WriteAllText(spec, File.ReadAllText(spec).Replace("cutoff: layer3", "cutoff: [layer2, layer3, layer4]", StringComparison.Ordinal));
+
+        (int exitCode, string output, string error) = await RunAsync("sweep", "plan", spec, "--format", "json");
+
+        exitCode.ShouldBe(0, error);
+        using (JsonDocument plan = JsonDocument.Parse(output))
+        {
+            plan.RootElement.GetProperty("feature_sets").GetArrayLength().ShouldBe(6, "three cutoffs of train and of test");
+            JsonElement cost = plan.RootElement.GetProperty("cost");
+            cost.GetProperty("sets_to_extract").GetInt32().ShouldBe(6);
+            cost.GetProperty("extraction_passes").GetInt32().ShouldBe(2, "one pass over the train images, one over the test images");
+        }
+
+        (exitCode, _, error) = await RunAsync("sweep", "run", spec, "--format", "json");
+
+        exitCode.ShouldBe(0, error);
+        var databases = new Cluster.Storage.Database.ClusterDbContextFactory(Cluster.Storage.Database.DatabaseProvider.Sqlite,
+            $"Data Source={Path.Combine(Storage, "cluster.db")};Pooling=False");
+        await using var db = databases.CreateDbContext();
+        var sets = db.FeatureSets.ToList();
+        sets.Count.ShouldBe(6);
+        sets.ShouldAllBe(s => s.Status == Cluster.Storage.Database.Entities.FeatureSetStatus.Complete);
+        sets.Select(s => s.Shape).Distinct().Count().ShouldBe(3, "each cutoff its own features");
+        // Each dataset's three sets were written by one job: their shard rows carry that one pass's time.
+        var shards = db.FeatureShards.ToList().Join(sets, sh => sh.FeatureSetKey, s => s.Key, (sh, s) => (s.DatasetId, sh.Seconds)).ToList();
+        shards.Count.ShouldBe(6);
+        shards.GroupBy(x => x.DatasetId).ShouldAllBe(g => g.Count() == 3 && g.Select(x => x.Seconds).Distinct().Count() == 1);
+    }
+
+    [Fact]
     public async Task An_asha_plan_shows_its_rungs_and_both_bounds_of_its_cost()
     {
         string spec = WriteSpec("mlp", "{log_uniform: [1.0e-4, 1.0e-2]}", "search: {method: asha, trials: 9, min_epochs: 1, reduction: 3}");

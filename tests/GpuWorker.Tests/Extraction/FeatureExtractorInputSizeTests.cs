@@ -19,7 +19,7 @@ namespace Cluster.GpuWorker.Tests.Extraction;
 /// <summary>
 /// resnet18-imagenet extracted at 64×64 (as training on Fashion-MNIST runs it) by the worker's own extractor, read back
 /// with <see cref="FeatureSetReader"/>, against a direct forward pass of the network on the same images decoded with
-/// the same preprocessing at 64.
+/// the same preprocessing at 64; and several taps in one pass against a pass per tap.
 /// </summary>
 public sealed class FeatureExtractorInputSizeTests : IAsyncLifetime
 {
@@ -96,6 +96,87 @@ public sealed class FeatureExtractorInputSizeTests : IAsyncLifetime
         });
         await db.SaveChangesAsync();
         return key;
+    }
+
+    private FeatureExtractor NewExtractor(ModelProvider models, ForwardLanes lanes) =>
+        new(_store, _databases, models, new DatasetManifestCache(_store), TorchDevice.Cpu, lanes,
+            WorkerIdentity.Create("test-worker", TorchDevice.Cpu), new JobTracker(), NullLogger<FeatureExtractor>.Instance);
+
+    private ExtractFeatures ShardJob(ExtractionTap tap, params ExtractionTap[] more) => new()
+    {
+        FeatureSetKey = tap.FeatureSetKey, ShardIndex = 0, DatasetId = _dataset.Id, RowStart = 0, RowCount = _dataset.Entries.Count,
+        Model = BuiltInModels.ResNet18ImageNet, WeightsHash = $"builtin:{BuiltInModels.ResNet18ImageNet}", Layer = tap.Layer,
+        Pooling = tap.Pooling, Precision = "fp32", BatchSize = 4, InputSize = InputSize, StorageDtype = tap.StorageDtype, MoreTaps = more,
+    };
+
+    /// <summary>A shard file's features widened to float32, their shape and rows, as written.</summary>
+    private (float[] Values, long[] Shape, long[] Rows) ReadShard(string key)
+    {
+        using Stream stream = _store.OpenRead(FeatureExtractor.ShardPath(key, 0));
+        using var reader = new Cluster.Storage.Formats.SafetensorsReader(stream, key);
+        byte[] Bytes(Cluster.Storage.Formats.SafetensorsTensorInfo info)
+        {
+            var bytes = new byte[info.ByteLength];
+            reader.ReadTensor(info, bytes);
+            return bytes;
+        }
+        var features = reader.GetTensor("features");
+        byte[] data = Bytes(features);
+        float[] values = features.Dtype == Cluster.Storage.Formats.SafetensorsDtype.BF16
+            ? [.. System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(data).ToArray().Select(h => BitConverter.Int32BitsToSingle(h << 16))]
+            : System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(data).ToArray();
+        long[] rows = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, long>(Bytes(reader.GetTensor("rows"))).ToArray();
+        return (values, [.. features.Shape], rows);
+    }
+
+    [Fact]
+    public async Task Four_taps_in_one_pass_write_what_four_passes_write_and_are_recorded_together()
+    {
+        ExtractionTap[] taps =
+        [
+            new() { FeatureSetKey = "one-pass.layer2", Layer = "layer2", Pooling = "none" },
+            new() { FeatureSetKey = "one-pass.layer3", Layer = "layer3", Pooling = "avg" },
+            new() { FeatureSetKey = "one-pass.layer4", Layer = "layer4", Pooling = "none", StorageDtype = "bf16" },
+            new() { FeatureSetKey = "one-pass.avgpool", Layer = "avgpool", Pooling = "avg" },
+        ];
+        using var lanes = new ForwardLanes(new LaneLayout(1, 1));
+        using var models = new ModelProvider(_store, TorchDevice.Cpu, TestKernels.Verifier, NullLogger<ModelProvider>.Instance);
+        FeatureExtractor extractor = NewExtractor(models, lanes);
+        ExtractFeatures onePass = ShardJob(taps[0], taps[1..]);
+        (await extractor.FindRecordedAsync(onePass, CancellationToken.None)).ShouldBeNull();
+        ShardOutcome outcome = await extractor.ExtractAsync(onePass, CancellationToken.None);
+        outcome.ImageCount.ShouldBe(6);
+        outcome.SkippedCount.ShouldBe(1);
+        await extractor.RecordAsync(outcome);
+        (await extractor.FindRecordedAsync(onePass, CancellationToken.None)).ShouldNotBeNull("all four shards are recorded");
+        // A pass with one more tap is not recorded until that tap is.
+        (await extractor.FindRecordedAsync(onePass with { MoreTaps = [.. taps[1..], taps[0] with { FeatureSetKey = "one-pass.other" }] }, CancellationToken.None))
+            .ShouldBeNull();
+
+        long brokenRow = _dataset.Entries.ToList().FindIndex(e => e.Path.EndsWith("1a-broken.jpg", StringComparison.Ordinal));
+        brokenRow.ShouldBeGreaterThanOrEqualTo(0);
+        long[][] shapes = [[6, 128, 8, 8], [6, 256], [6, 512, 2, 2], [6, 512]];
+        for (int i = 0; i < taps.Length; i++)
+        {
+            ExtractionTap alone = taps[i] with { FeatureSetKey = taps[i].FeatureSetKey + ".alone" };
+            ShardOutcome separate = await extractor.ExtractAsync(ShardJob(alone), CancellationToken.None);
+            await extractor.RecordAsync(separate);
+            (float[] shared, long[] shape, long[] rows) = ReadShard(taps[i].FeatureSetKey);
+            (float[] own, long[] ownShape, long[] ownRows) = ReadShard(alone.FeatureSetKey);
+            shape.ShouldBe(shapes[i], taps[i].Layer);
+            ownShape.ShouldBe(shape);
+            rows.ShouldBe(ownRows);
+            rows.ShouldNotContain(brokenRow, "the broken file's row is absent");
+            double scale = own.Max(Math.Abs);
+            scale.ShouldBeGreaterThan(0.01, taps[i].Layer);
+            // The same convolutions on the same pixels: equal up to float32 (bf16 for layer4) rounding of the order they run in.
+            double tolerance = (taps[i].StorageDtype == "bf16" ? 1e-2 : 1e-5) * scale;
+            shared.Zip(own, (a, b) => (double)Math.Abs(a - b)).Max().ShouldBeLessThanOrEqualTo(tolerance, taps[i].Layer);
+        }
+        await using ClusterDbContext db = _databases.CreateDbContext();
+        var recorded = db.FeatureShards.Where(s => s.FeatureSetKey.StartsWith("one-pass.") && !s.FeatureSetKey.EndsWith(".alone")).ToList();
+        recorded.Select(s => s.FeatureSetKey).Order().ShouldBe(taps.Select(t => t.FeatureSetKey).Order());
+        recorded.ShouldAllBe(s => s.Status == FeatureShardStatus.Complete && s.ImageCount == 6 && s.SkippedCount == 1);
     }
 
     /// <summary>The network itself on the images decoded at 64: [images, 512] float32, and the rows that decoded.</summary>

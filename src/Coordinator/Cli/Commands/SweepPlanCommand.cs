@@ -48,6 +48,7 @@ public sealed class SweepPlanCommand : AsyncCommand<SweepPlanSettings>
         TrialDatasets datasets = layout.Datasets;
         SearchPlan search = layout.Search;
         var sets = new Dictionary<string, FeatureSetView>(StringComparer.Ordinal);
+        var requests = new Dictionary<string, ExtractionRequest>(StringComparer.Ordinal);
         double validationShare = datasets.Validation is null ? spec.Dataset.ValidationFraction ?? 0 : 0;
         int trainImages = (int)Math.Round(datasets.Train.Entries.Count * (1 - validationShare));
         var trials = new List<PlannedTrialView>();
@@ -60,6 +61,7 @@ public sealed class SweepPlanCommand : AsyncCommand<SweepPlanSettings>
                 keys.Add(key);
                 if (!sets.TryGetValue(key, out FeatureSetView? set))
                 {
+                    requests[key] = request;
                     sets[key] = set = new FeatureSetView(key, request.Model, request.Layer, need.Pooling, trial.Choice.InputSize, need.Dataset.Id, need.Dataset.Entries.Count);
                 }
                 set.Trials++;
@@ -84,7 +86,11 @@ public sealed class SweepPlanCommand : AsyncCommand<SweepPlanSettings>
         // rung and every one reaching the top. Grid and random train each trial its own epochs.
         long Epochs(PlannedTrialView t, bool least) => rungs is null ? t.Epochs : least ? rungs[0] : rungs[^1];
         long Images(bool cached, bool least) => trials.Where(t => (t.FeatureSets.Count > 0) == cached).Sum(t => (long)t.TrainImages * Epochs(t, least));
+        // Sets still to extract that one pass over the images computes together (taps of one backbone on one dataset).
+        var toExtract = sets.Values.Where(s => s.Status != "cached").Select(s => requests[s.Key]).ToList();
         var cost = new PlanCost(
+            ExtractionPasses: ExtractionPasses.Count(toExtract),
+            SetsToExtract: toExtract.Count,
             ImagesToExtract: sets.Values.Sum(s => (long)(s.Images - s.ImagesDone)),
             ImagesCached: sets.Values.Sum(s => (long)s.ImagesDone),
             ImagesToExtractWithoutSharing: trials.Sum(t => t.FeatureSets.Sum(k => (long)sets[k].Images)),
@@ -143,6 +149,7 @@ public sealed class SweepPlanCommand : AsyncCommand<SweepPlanSettings>
         var rows = new List<(string, string)>
         {
             ("images through frozen prefixes", $"{cost.ImagesToExtract:N0} to extract, {cost.ImagesCached:N0} cached"),
+            ("extraction passes", $"{cost.ExtractionPasses} pass(es) over the images for {cost.SetsToExtract} set(s): the taps of one backbone share a pass"),
             ("without sharing (--no-share)", $"{cost.ImagesToExtractWithoutSharing:N0} (each trial its own prefix)"),
             ("training on cached features", $"{cost.TrainingImageEpochsOnFeatures:N0} image-epochs"),
             ("training through the network", $"{cost.TrainingImageEpochsThroughTheNetwork:N0} image-epochs"),
@@ -170,6 +177,6 @@ public sealed class SweepPlanCommand : AsyncCommand<SweepPlanSettings>
         public int ImagesDone { get; set; }
     }
 
-    private sealed record PlanCost(long ImagesToExtract, long ImagesCached, long ImagesToExtractWithoutSharing,
+    private sealed record PlanCost(int ExtractionPasses, int SetsToExtract, long ImagesToExtract, long ImagesCached, long ImagesToExtractWithoutSharing,
         long TrainingImageEpochsOnFeatures, long TrainingImageEpochsThroughTheNetwork, long? TrainingImageEpochsAtLeast);
 }

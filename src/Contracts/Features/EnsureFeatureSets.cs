@@ -1,0 +1,13 @@
+namespace Cluster.Contracts.Features;
+
+/// <summary>
+/// CLI → the coordinator service: make sure of several feature sets at once (a sweep's distinct frozen prefixes). Each
+/// is planned as an <see cref="EnsureFeatureSet"/> would be; then the sets one pass over the images can compute (same
+/// dataset, model, weights, preprocessing, precision, batch and shard size, scope; only the tap, pooling or storage
+/// dtype differ) get each shard in one <see cref="ExtractFeatures"/> job carrying all their taps, so the images are
+/// decoded and the backbone run once, not once per set.
+/// </summary>
+public sealed record EnsureFeatureSets
+{
+    public required IReadOnlyList<EnsureFeatureSet> Sets { get; init; }
+}
