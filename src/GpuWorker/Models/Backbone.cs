@@ -34,6 +34,9 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
     /// <summary>For an imported graph: runs the graph from step i's activations to the end (the graph split at that value).</summary>
     private readonly Func<Tensor, int, Tensor>? _graphFrom;
 
+    /// <summary>For an imported graph: the activations at several steps from one run of the graph, keyed by step index.</summary>
+    private readonly Func<Tensor, IReadOnlyCollection<int>, Dictionary<int, Tensor>>? _graphTaps;
+
     internal Backbone(
         string name,
         IEnumerable<(string Name, nn.Module Module)> children,
@@ -42,11 +45,13 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
         bool includeTop,
         ConvolutionRouter router,
         Func<Tensor, int, Tensor> graphTo,
-        Func<Tensor, int, Tensor> graphFrom)
+        Func<Tensor, int, Tensor> graphFrom,
+        Func<Tensor, IReadOnlyCollection<int>, Dictionary<int, Tensor>>? graphTaps = null)
         : this(name, children, steps, aliases, includeTop, router)
     {
         _graphTo = graphTo;
         _graphFrom = graphFrom;
+        _graphTaps = graphTaps;
     }
 
     internal Backbone(
@@ -97,12 +102,28 @@ public sealed class Backbone : nn.Module<Tensor, Tensor>
 
     /// <summary>
     /// The activations at several taps from one pass (each a copy the caller owns, keyed by the name asked for):
-    /// a chain runs once up to the deepest tap; an imported graph runs once per tap.
+    /// a chain runs once up to the deepest tap; so does an imported graph that can return several values (the built-in
+    /// ones), else it runs once per tap.
     /// </summary>
     public Dictionary<string, Tensor> ForwardTaps(Tensor input, IReadOnlyCollection<string> taps)
     {
         ArgumentNullException.ThrowIfNull(taps);
         var indices = taps.Distinct().ToDictionary(t => t, ResolveTap);
+        if (_graphTaps is not null)
+        {
+            Dictionary<int, Tensor> byStep = _graphTaps(input, [.. indices.Values.Distinct()]);
+            try
+            {
+                return indices.ToDictionary(t => t.Key, t => byStep[t.Value].alias());
+            }
+            finally
+            {
+                foreach (Tensor value in byStep.Values)
+                {
+                    value.Dispose();
+                }
+            }
+        }
         if (_graphTo is not null)
         {
             return indices.ToDictionary(t => t.Key, t => _graphTo(input, t.Value));

@@ -139,7 +139,35 @@ public static class ModelCatalog
             using Tensor value = network.ForwardFrom(activations, values[step], values[last]);
             return PoolAndClassify(value, classify: head is not null);
         }
-        return new Backbone(builtIn.Name, children, steps, new Dictionary<string, string>(), includeTop: head is not null, router, GraphTo, GraphFrom);
+        // Several taps from one run of the graph (each value computed once, the shallower kept on the way to the deepest):
+        // what extracting many taps in one pass relies on. A step past the pool (the new classifier) runs on its own.
+        Dictionary<int, Tensor> GraphTaps(Tensor image, IReadOnlyCollection<int> wanted)
+        {
+            var inGraph = wanted.Where(s => s <= last).Distinct().ToList();
+            var results = new Dictionary<int, Tensor>();
+            IReadOnlyDictionary<string, Tensor> byValue = network.ForwardTaps(image, [.. inGraph.Select(s => values[s])]);
+            try
+            {
+                foreach (int step in inGraph)
+                {
+                    Tensor value = byValue[values[step]];
+                    results[step] = step < last ? value.alias() : PoolAndClassify(value, classify: false);
+                }
+            }
+            finally
+            {
+                foreach (Tensor value in byValue.Values.Distinct())
+                {
+                    value.Dispose();
+                }
+            }
+            foreach (int step in wanted.Where(s => s > last).Distinct())
+            {
+                results[step] = GraphTo(image, step);
+            }
+            return results;
+        }
+        return new Backbone(builtIn.Name, children, steps, new Dictionary<string, string>(), includeTop: head is not null, router, GraphTo, GraphFrom, GraphTaps);
     }
 
     private static IEnumerable<string> InitializersNeededFor(Onnx.OnnxGraphModule network, string value)
