@@ -10,4 +10,17 @@ namespace Cluster.Contracts.Features;
 public sealed record EnsureFeatureSets
 {
     public required IReadOnlyList<EnsureFeatureSet> Sets { get; init; }
+
+    /// <summary>
+    /// The sweep's storage budget (`budget.storage`), null for none. Before sending any shard, the service evicts the
+    /// feature sets no running sweep needs, least recently used first, until what is stored plus <see cref="NewBytes"/>
+    /// fits in it.
+    /// </summary>
+    public long? StorageBudgetBytes { get; init; }
+
+    /// <summary>Bytes the sets still to extract will add to the storage (the planner's estimate).</summary>
+    public long NewBytes { get; init; }
+
+    /// <summary>Keys of stored sets the sweep also uses (complete ones, which need no extraction): marked used, never evicted for it.</summary>
+    public IReadOnlyList<string> Uses { get; init; } = [];
 }

@@ -41,6 +41,20 @@ public static class SweepLauncher
         return new PreparedSweep(spec, layout, store);
     }
 
+    /// <summary>The sweep's materialization decisions against what the storage holds now (`sweep plan` prints the same).</summary>
+    public static async Task<MaterializationPlan> PlanStorageAsync(CliContext cli, SweepSpec spec, SweepLayout layout, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(cli);
+        ArgumentNullException.ThrowIfNull(spec);
+        await cli.RequireDatabaseAsync(ct);
+        StorageFacts facts;
+        await using (Cluster.Storage.Database.ClusterDbContext db = cli.Database.CreateDbContext())
+        {
+            facts = await StorageBudget.LoadFactsAsync(db, DateTime.UtcNow, ct);
+        }
+        return MaterializationPlanner.Decide(StorageBudget.Candidates(layout), spec.Budget, $"{spec.Source} line {spec.Budget.Line}", facts);
+    }
+
     /// <param name="share">False (`--no-share`): no trial reuses another's frozen prefix; feature-extractor trials extract
     /// their own features and fine-tune-top trials run their prefix on every batch, as sweep systems without sharing do.</param>
     /// <returns>The sweep's id.</returns>
@@ -50,6 +64,13 @@ public static class SweepLauncher
         ArgumentNullException.ThrowIfNull(cli);
         ArgumentNullException.ThrowIfNull(sweep);
         (SweepSpec spec, SweepLayout layout, FileStore store) = sweep;
+        MaterializationPlan? storage = null;
+        if (share)
+        {
+            // Which prefixes to store and which to recompute, under the budget; applied before any key is asked for.
+            storage = await PlanStorageAsync(cli, spec, layout, ct);
+            layout = storage.Apply(layout);
+        }
         var staged = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (TrialWeights file in layout.Trials.Select(t => t.Weights).Where(w => w.FilePath is not null).DistinctBy(w => w.FilePath))
         {
@@ -77,7 +98,7 @@ public static class SweepLauncher
             }
             needs.Add((trialId, weights, sets));
         }
-        IReadOnlySet<string> asked = await FeatureSetRunner.RequestAllAsync(host, cli, requests.Values, ct);
+        IReadOnlySet<string> asked = await FeatureSetRunner.RequestAllAsync(host, cli, requests.Values, ct, storage?.BudgetBytes is null ? null : storage);
         var features = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach ((string key, ExtractionRequest request) in requests)
         {

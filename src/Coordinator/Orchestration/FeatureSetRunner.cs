@@ -46,7 +46,10 @@ public static class FeatureSetRunner
     /// images computes are extracted together (<see cref="Cluster.Contracts.Features.EnsureFeatureSets"/>); the keys asked
     /// (those to follow).
     /// </summary>
-    public static async Task<IReadOnlySet<string>> RequestAllAsync(IHost host, CliContext cli, IReadOnlyCollection<ExtractionRequest> requests, CancellationToken ct)
+    /// <param name="storage">The sweep's materialization plan under its storage budget: the service evicts what it says
+    /// before extracting (null: no budget).</param>
+    public static async Task<IReadOnlySet<string>> RequestAllAsync(IHost host, CliContext cli, IReadOnlyCollection<ExtractionRequest> requests, CancellationToken ct,
+        MaterializationPlan? storage = null)
     {
         ArgumentNullException.ThrowIfNull(host);
         ArgumentNullException.ThrowIfNull(requests);
@@ -58,10 +61,18 @@ public static class FeatureSetRunner
                 missing.Add(request);
             }
         }
-        if (missing.Count > 0)
+        // Sent even when every set is cached: the service records their use, which eviction orders by.
+        if (requests.Count > 0)
         {
             ISendEndpoint coordinator = await host.Services.GetRequiredService<ISendEndpointProvider>().GetSendEndpoint(new Uri($"queue:{QueueNames.Coordinator}"));
-            await coordinator.Send(new Cluster.Contracts.Features.EnsureFeatureSets { Sets = [.. missing.Select(r => r.ToMessage())] }, ct);
+            var wanted = missing.Select(r => r.Key.Value).ToHashSet(StringComparer.Ordinal);
+            await coordinator.Send(new Cluster.Contracts.Features.EnsureFeatureSets
+            {
+                Sets = [.. missing.Select(r => r.ToMessage())],
+                Uses = [.. requests.Select(r => r.Key.Value).Where(k => !wanted.Contains(k)).Distinct(StringComparer.Ordinal)],
+                StorageBudgetBytes = storage?.BudgetBytes,
+                NewBytes = storage?.NewBytes ?? 0,
+            }, ct);
         }
         return missing.Select(r => r.Key.Value).ToHashSet(StringComparer.Ordinal);
     }

@@ -30,6 +30,7 @@ public sealed class FeatureSetService(ClusterDbContextFactory databases, Cluster
     {
         ExtractionRequest request = await ExtractionRequest.FromMessageAsync(context.Message, Store, context.CancellationToken);
         await PlanAndSendAsync(context, [request], context.CancellationToken);
+        await MarkUsedAsync([request.Key.Value], context.CancellationToken);
     }
 
     public async Task Consume(ConsumeContext<EnsureFeatureSets> context)
@@ -39,7 +40,51 @@ public sealed class FeatureSetService(ClusterDbContextFactory databases, Cluster
         {
             requests.Add(await ExtractionRequest.FromMessageAsync(set, Store, context.CancellationToken));
         }
+        string[] keys = [.. requests.Select(r => r.Key.Value).Concat(context.Message.Uses).Distinct(StringComparer.Ordinal)];
+        if (context.Message.StorageBudgetBytes is long budget)
+        {
+            await EvictAsync(keys.ToHashSet(StringComparer.Ordinal), context.Message.NewBytes, budget, context.CancellationToken);
+        }
         await PlanAndSendAsync(context, requests, context.CancellationToken);
+        await MarkUsedAsync(keys, context.CancellationToken);
+    }
+
+    /// <summary>
+    /// Makes room under a sweep's storage budget: the sets no running sweep needs (nor this request), least recently used
+    /// first, until what is stored plus <paramref name="newBytes"/> fits. A set's rows go first, in one transaction, and
+    /// its folder after, so no row ever points at a deleted file (a crash in between leaves an orphan folder, which
+    /// `storage usage` counts and a later extraction of that key overwrites).
+    /// </summary>
+    private async Task EvictAsync(IReadOnlySet<string> wanted, long newBytes, long budget, CancellationToken ct)
+    {
+        await using ClusterDbContext db = databases.CreateDbContext();
+        StorageFacts facts = await StorageBudget.LoadFactsAsync(db, DateTime.UtcNow, ct);
+        IReadOnlyList<StoredSet> evictions = MaterializationPlanner.Evictions(facts, wanted, newBytes, budget);
+        if (evictions.Count == 0)
+        {
+            return;
+        }
+        string[] keys = [.. evictions.Select(e => e.Key)];
+        await using (var transaction = await db.Database.BeginTransactionAsync(ct))
+        {
+            await db.FeatureShards.Where(s => keys.Contains(s.FeatureSetKey)).ExecuteDeleteAsync(ct);
+            await db.FeatureSets.Where(s => keys.Contains(s.Key)).ExecuteDeleteAsync(ct);
+            await transaction.CommitAsync(ct);
+        }
+        foreach (string key in keys)
+        {
+            Store.Delete($"features/{key}");
+        }
+        logger.LogInformation("Storage budget {Budget}: evicted {Count} feature set(s) no running sweep needs ({Bytes}), least recently used first: {Keys}",
+            MaterializationPlanner.Size(budget), keys.Length, MaterializationPlanner.Size(evictions.Sum(e => e.Bytes)), string.Join(", ", keys));
+    }
+
+    /// <summary>Records that the sets were asked for now: eviction goes least recently used first.</summary>
+    private async Task MarkUsedAsync(IReadOnlyCollection<string> keys, CancellationToken ct)
+    {
+        DateTime now = DateTime.UtcNow;
+        await using ClusterDbContext db = databases.CreateDbContext();
+        await db.FeatureSets.Where(s => keys.Contains(s.Key)).ExecuteUpdateAsync(u => u.SetProperty(s => s.LastUsedAt, now), ct);
     }
 
     public Task Consume(ConsumeContext<FeatureShardExtracted> context) => CompleteIfDoneAsync(context.Message.FeatureSetKey, context.CancellationToken);

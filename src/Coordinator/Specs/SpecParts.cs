@@ -41,4 +41,10 @@ public sealed record MetricSpec(string Name, string Mode, int Line);
 public sealed record BudgetSpec(long? StorageBytes, TimeSpan? WallTime, int Line)
 {
     public static BudgetSpec None { get; } = new(null, null, 0);
+
+    /// <summary>
+    /// How the activations the planner stores are kept: fp32 (exact), bf16 or fp16 (half the bytes, rounded), or auto
+    /// (fp32 where it fits the storage budget, bf16 for a set that fits only at half the size).
+    /// </summary>
+    public string Activations { get; init; } = "fp32";
 }

@@ -24,7 +24,8 @@ internal sealed partial class SweepSpecParser
     private static readonly string[] s_optimizerFields = ["name", "momentum", "weight_decay"];
     private static readonly string[] s_searchFields = ["method", "trials", "min_epochs", "reduction"];
     private static readonly string[] s_metricFields = ["name", "mode"];
-    private static readonly string[] s_budgetFields = ["storage", "wall_time"];
+    private static readonly string[] s_budgetFields = ["storage", "wall_time", "activations"];
+    private static readonly string[] s_activationDtypes = ["fp32", "bf16", "fp16", "auto"];
     private static readonly string[] s_distributions = ["uniform", "log_uniform", "choice"];
 
     // Binary and decimal units both: "20GiB" and "500MB" are what people write, and they mean different sizes.
@@ -474,8 +475,16 @@ internal sealed partial class SweepSpecParser
         return new BudgetSpec(
             fields.TryGetValue("storage", out Entry storage) ? StorageBytes(Scalar(storage, "budget.storage")) : null,
             fields.TryGetValue("wall_time", out Entry wallTime) ? WallTime(Scalar(wallTime, "budget.wall_time")) : null,
-            entry.Line);
+            entry.Line)
+        {
+            Activations = fields.TryGetValue("activations", out Entry activations) ? ActivationDtype(Scalar(activations, "budget.activations")) : "fp32",
+        };
     }
+
+    private string ActivationDtype(YamlScalarNode scalar) =>
+        s_activationDtypes.Contains(scalar.Value, StringComparer.Ordinal)
+            ? scalar.Value!
+            : throw Error(scalar, $"budget.activations {Shown(scalar)} is not one of: {string.Join(", ", s_activationDtypes)} (how stored activations are kept: auto halves a set that fits the storage budget only in bf16)");
 
     private long StorageBytes(YamlScalarNode scalar)
     {

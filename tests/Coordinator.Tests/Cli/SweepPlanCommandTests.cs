@@ -150,6 +150,98 @@ public sealed class SweepPlanCommandTests : IDisposable
     }
 
     [Fact]
+    public async Task Under_a_storage_budget_the_plan_stores_what_pays_recomputes_the_rest_and_a_later_sweep_evicts_what_no_sweep_needs()
+    {
+        // fine-tune-top at two cutoffs x two rates, 3 epochs (1 head epoch). At input 32 a row of layer2 is 128x4x4 floats
+        // (8 KiB), of layer3 256x2x2 (4 KiB), of the head's pooled features 512 (2 KiB); train has 24 images, test 8.
+        // 200 KiB holds the head sets (64 KiB) and layer3's (128 KiB), best saving per byte first; layer2's (256 KiB) not.
+        string spec = WriteSpec("logistic", "[0.01, 0.001]", "budget: {storage: 200KiB}\nhead_epochs: 1");
+        File.WriteAllText(spec, File.ReadAllText(spec)
+            .Replace("strategy: feature-extractor", "strategy: fine-tune-top", StringComparison.Ordinal)
+            .Replace("cutoff: layer3", "cutoff: [layer2, layer3]", StringComparison.Ordinal));
+
+        (int exitCode, string output, string error) = await RunAsync("sweep", "plan", spec, "--format", "json");
+
+        exitCode.ShouldBe(0, error);
+        using (JsonDocument plan = JsonDocument.Parse(output))
+        {
+            JsonElement storage = plan.RootElement.GetProperty("storage");
+            storage.GetProperty("budget_bytes").GetInt64().ShouldBe(200 * 1024);
+            var decisions = storage.GetProperty("decisions").EnumerateArray()
+                .Select(d => (Layer: d.GetProperty("layer").GetString(), Pool: d.GetProperty("pooling").GetString(), Action: d.GetProperty("action").GetString(),
+                    Bytes: d.GetProperty("bytes").GetInt64(), Recompute: d.GetProperty("recompute_images").GetInt64()))
+                .ToList();
+            decisions.Count.ShouldBe(6, "two cutoffs and the head's pooled tap, of train and of test");
+            // Layers are the taps' canonical step names: layer2.1 is layer2's last block.
+            decisions.Where(d => d.Layer == "layer2.1").Select(d => d.Action).Distinct().ShouldBe(["recompute"], string.Join("; ", decisions));
+            decisions.Where(d => d.Layer != "layer2.1").Select(d => d.Action).Distinct().ShouldBe(["store"], string.Join("; ", decisions));
+            decisions.Where(d => d.Layer == "layer2.1").Sum(d => d.Bytes).ShouldBe((24 + 8) * 8 * 1024);
+            // layer2 train: two trials x two epochs after the head epoch x 24 images.
+            decisions.Single(d => d.Layer == "layer2.1" && d.Recompute > 16).Recompute.ShouldBe(2 * 2 * 24);
+            storage.GetProperty("new_bytes").GetInt64().ShouldBe((24 + 8) * (2 + 4) * 1024);
+            JsonElement[] trials = [.. plan.RootElement.GetProperty("trials").EnumerateArray()];
+            trials.Count(t => t.GetProperty("recomputes_prefix").GetBoolean()).ShouldBe(2);
+            plan.RootElement.GetProperty("cost").GetProperty("images_through_recomputed_prefixes").GetInt64().ShouldBe(2 * 2 * 24 + 2 * 8);
+        }
+
+        (exitCode, output, error) = await RunAsync("sweep", "run", spec, "--format", "json");
+
+        exitCode.ShouldBe(0, error);
+        using (JsonDocument results = JsonDocument.Parse(output))
+        {
+            results.RootElement.GetProperty("trials").EnumerateArray().ShouldAllBe(t => t.GetProperty("status").GetString() == "completed");
+        }
+        var databases = new Cluster.Storage.Database.ClusterDbContextFactory(Cluster.Storage.Database.DatabaseProvider.Sqlite,
+            $"Data Source={Path.Combine(Storage, "cluster.db")};Pooling=False");
+        List<Cluster.Storage.Database.Entities.FeatureSetRecord> first;
+        await using (var db = databases.CreateDbContext())
+        {
+            first = [.. db.FeatureSets];
+            first.Select(s => s.Layer).Distinct().Order().ToArray().ShouldBe(["avgpool", "layer3.1"], "layer2 was recomputed in its trials, never stored");
+            first.ShouldAllBe(s => s.LastUsedAt != null);
+            // Sets asked for within the hour are kept (their sweep may not have been submitted yet): age these two days.
+            foreach (var set in db.FeatureSets)
+            {
+                set.LastUsedAt = DateTime.UtcNow.AddDays(-2);
+            }
+            await db.SaveChangesAsync();
+        }
+
+        // A second sweep: a head on layer4's pooled features (2 KiB a row: 64 KiB), under 100 KiB. The first sweep is
+        // over, so its 192 KiB are evictable; least recently used first until 64 KiB more fit.
+        string second = WriteSpec("logistic", "0.01", "budget: {storage: 100KiB}", name: "second.yaml");
+        File.WriteAllText(second, File.ReadAllText(second).Replace("cutoff: layer3", "cutoff: layer4", StringComparison.Ordinal));
+        (exitCode, output, error) = await RunAsync("sweep", "plan", second, "--format", "json");
+        exitCode.ShouldBe(0, error);
+        string[] planned;
+        using (JsonDocument plan = JsonDocument.Parse(output))
+        {
+            planned = [.. plan.RootElement.GetProperty("storage").GetProperty("evictions").EnumerateArray().Select(e => e.GetProperty("key").GetString()!)];
+        }
+        planned.ShouldNotBeEmpty();
+
+        (exitCode, output, error) = await RunAsync("sweep", "run", second, "--format", "json");
+
+        exitCode.ShouldBe(0, error);
+        await using (var db = databases.CreateDbContext())
+        {
+            var now = db.FeatureSets.ToList();
+            now.Count(s => planned.Contains(s.Key)).ShouldBe(0, "the sets the plan named were evicted");
+            now.Count(s => s.Layer == "layer4.1").ShouldBe(2);
+            now.Sum(s => (long)s.ImageCount * s.Shape.Split('x').Aggregate(1L, (a, d) => a * long.Parse(d, System.Globalization.CultureInfo.InvariantCulture)) * 4).ShouldBeLessThanOrEqualTo(100 * 1024);
+            db.FeatureShards.Count(sh => planned.Contains(sh.FeatureSetKey)).ShouldBe(0);
+        }
+        foreach (string key in planned)
+        {
+            Directory.Exists(Path.Combine(Storage, "features", key)).ShouldBeFalse($"{key}'s files are deleted with its rows");
+        }
+        foreach (var kept in first.Where(s => !planned.Contains(s.Key)))
+        {
+            File.Exists(Path.Combine(Storage, "features", kept.Key, "manifest.json")).ShouldBeTrue();
+        }
+    }
+
+    [Fact]
     public async Task A_grid_over_a_bad_value_fails_with_its_line_before_anything()
     {
         string spec = WriteSpec("[logistic, boosted]", "0.01");

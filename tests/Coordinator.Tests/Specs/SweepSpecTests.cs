@@ -157,7 +157,7 @@ public sealed class SweepSpecTests
     [InlineData("optimizer", "nesterov", "name, momentum, weight_decay")]
     [InlineData("search", "trails", "method, trials, min_epochs, reduction")]
     [InlineData("metric", "goal", "name, mode")]
-    [InlineData("budget", "gpus", "storage, wall_time")]
+    [InlineData("budget", "gpus", "storage, wall_time, activations")]
     public void An_unknown_field_inside_a_section_names_the_section_and_its_fields(string section, string field, string allowed)
     {
         string yaml = section == "dataset"
@@ -260,6 +260,7 @@ public sealed class SweepSpecTests
     [InlineData("weights: biultin", "weights 'biultin' is not one of: builtin, random, or a weights file")]
     [InlineData("budget: {storage: 20 parsecs}", "budget.storage '20 parsecs' must be a positive size with a unit")]
     [InlineData("budget: {wall_time: 2 weeks}", "budget.wall_time '2 weeks' must be a positive duration in d, h, m or s")]
+    [InlineData("budget: {storage: 1GiB, activations: int8}", "budget.activations 'int8' is not one of: fp32, bf16, fp16, auto")]
     public void A_value_out_of_its_range_names_its_line_field_value_and_what_is_allowed(string line, string problem)
     {
         Error(Spec(line)).ShouldStartWith($"spec.yaml line 4: {problem}");
@@ -398,6 +399,8 @@ public sealed class SweepSpecTests
         spec.Budget.StorageBytes.ShouldBe(500_000_000L);
         spec.Budget.WallTime.ShouldBe(TimeSpan.FromMinutes(90));
         Parse(Spec("budget: {wall_time: 90s}")).Budget.WallTime.ShouldBe(TimeSpan.FromSeconds(90));
+        spec.Budget.Activations.ShouldBe("fp32", "stored activations stay exact unless the spec says otherwise");
+        Parse(Spec("budget: {storage: 2GiB, activations: auto}")).Budget.Activations.ShouldBe("auto");
     }
 
     [Fact]

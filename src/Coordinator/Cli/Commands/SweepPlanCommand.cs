@@ -45,6 +45,9 @@ public sealed class SweepPlanCommand : AsyncCommand<SweepPlanSettings>
         }
         SweepSpec spec = SweepSpec.Load(settings.Spec);
         SweepLayout layout = await SweepPlanner.LayoutAsync(spec, c => SpecDatasets.ScanAsync(spec, store: null, c), cancellationToken);
+        // As `sweep run` decides it: which prefixes are stored and which each trial recomputes, under the budget.
+        MaterializationPlan storage = await SweepLauncher.PlanStorageAsync(cli, spec, layout, cancellationToken);
+        layout = storage.Apply(layout);
         TrialDatasets datasets = layout.Datasets;
         SearchPlan search = layout.Search;
         var sets = new Dictionary<string, FeatureSetView>(StringComparer.Ordinal);
@@ -66,11 +69,11 @@ public sealed class SweepPlanCommand : AsyncCommand<SweepPlanSettings>
                 }
                 set.Trials++;
             }
-            trials.Add(new PlannedTrialView(trial.Number, TrialPlanner.UsedParams(trial.Choice), keys, trainImages, trial.Choice.Epochs));
+            trials.Add(new PlannedTrialView(trial.Number, TrialPlanner.UsedParams(trial.Choice), keys, trainImages, trial.Choice.Epochs,
+                trial.Choice.Strategy == SpecNames.FineTuneTop && trial.Choice.Augment == "none" && !trial.Features.Any(f => !f.Need.ForHead)));
         }
         var skipped = layout.Skipped.Select(s => new SkippedTrialView(s.Configuration, SweepSpec.Params(s.Choice), s.Reason)).ToList();
 
-        await cli.RequireDatabaseAsync(cancellationToken);
         await using (ClusterDbContext db = cli.Database.CreateDbContext())
         {
             string[] wanted = [.. sets.Keys];
@@ -96,8 +99,13 @@ public sealed class SweepPlanCommand : AsyncCommand<SweepPlanSettings>
             ImagesToExtractWithoutSharing: trials.Sum(t => t.FeatureSets.Sum(k => (long)sets[k].Images)),
             TrainingImageEpochsOnFeatures: Images(cached: true, least: false),
             TrainingImageEpochsThroughTheNetwork: Images(cached: false, least: false),
-            TrainingImageEpochsAtLeast: rungs is null ? null : Images(true, true) + Images(false, true));
-        var plan = new SweepPlanView(spec.Name, spec.Search.Method, trials.Count, spec.Parallelism, rungs, trials, skipped, [.. sets.Values], cost);
+            TrainingImageEpochsAtLeast: rungs is null ? null : Images(true, true) + Images(false, true),
+            ImagesThroughRecomputedPrefixes: storage.Decisions.Where(d => d.Action == PrefixAction.Recompute).Sum(d => d.RecomputeImages));
+        var storageView = new StorageView(storage.BudgetBytes, storage.UsedBytes, storage.NewBytes, spec.Budget.Activations,
+            [.. storage.Decisions.Select(d => new PrefixDecisionView(d.Prefix.KeyAt(d.Dtype), d.Prefix.Layer, d.Prefix.Pooling, d.Prefix.DatasetId, d.Prefix.Trials,
+                d.Action.ToString().ToLowerInvariant(), d.Dtype, d.Prefix.BytesAt(d.Dtype), d.StoreImages, d.RecomputeImages, d.Reason))],
+            [.. storage.Evictions.Select(e => new EvictionView(e.Key, e.Bytes, e.LastUsedAt))]);
+        var plan = new SweepPlanView(spec.Name, spec.Search.Method, trials.Count, spec.Parallelism, rungs, trials, skipped, [.. sets.Values], cost, storageView);
 
         if (settings.Format == OutputFormat.Json)
         {
@@ -124,7 +132,7 @@ public sealed class SweepPlanCommand : AsyncCommand<SweepPlanSettings>
         {
             string Value(string field) => t.Params.TryGetValue(field, out object? v) ? v is double d ? d.ToString("G4", c) : Convert.ToString(v, c) ?? "" : "";
             trials.AddRow([t.Number.ToString(c), .. varying.Select(Value), t.Epochs.ToString(c),
-                t.FeatureSets.Count == 0 ? "images (whole network)" : $"cached features ({t.FeatureSets.Count} sets)"]);
+                t.RecomputesPrefix ? "images, its frozen prefix recomputed" : t.FeatureSets.Count == 0 ? "images (whole network)" : $"cached features ({t.FeatureSets.Count} sets)"]);
         }
         AnsiConsole.Write(trials);
         if (plan.Trials.Count > show)
@@ -145,6 +153,7 @@ public sealed class SweepPlanCommand : AsyncCommand<SweepPlanSettings>
             }
             AnsiConsole.Write(sets);
         }
+        RenderStorage(plan.Storage);
         PlanCost cost = plan.Cost;
         var rows = new List<(string, string)>
         {
@@ -154,6 +163,10 @@ public sealed class SweepPlanCommand : AsyncCommand<SweepPlanSettings>
             ("training on cached features", $"{cost.TrainingImageEpochsOnFeatures:N0} image-epochs"),
             ("training through the network", $"{cost.TrainingImageEpochsThroughTheNetwork:N0} image-epochs"),
         };
+        if (cost.ImagesThroughRecomputedPrefixes > 0)
+        {
+            rows.Add(("prefixes recomputed in trials", $"{cost.ImagesThroughRecomputedPrefixes:N0} images through them (not stored: see storage)"));
+        }
         if (cost.TrainingImageEpochsAtLeast is long least)
         {
             rows.Add(("asha: if no trial is promoted", $"{least:N0} image-epochs (the figures above: every trial reaches the top)"));
@@ -161,12 +174,47 @@ public sealed class SweepPlanCommand : AsyncCommand<SweepPlanSettings>
         AnsiConsole.Write(CliOutput.KeyValueTable("cost", rows.Select(r => (r.Item1, string.Format(c, "{0}", r.Item2)))));
     }
 
+    /// <summary>The materialization decisions: what is stored (at which dtype), what recomputed, and why, with the budget.</summary>
+    private static void RenderStorage(StorageView storage)
+    {
+        CultureInfo c = CultureInfo.InvariantCulture;
+        if (storage.Decisions.Count == 0)
+        {
+            return;
+        }
+        string budget = storage.BudgetBytes is long b
+            ? $"budget {MaterializationPlanner.Size(b)}: {MaterializationPlanner.Size(storage.UsedBytes)} stored now, this sweep adds {MaterializationPlanner.Size(storage.NewBytes)}"
+            : $"no storage budget: this sweep adds {MaterializationPlanner.Size(storage.NewBytes)}";
+        var table = new Table().Border(TableBorder.Rounded).Title(Markup.Escape($"storage ({budget}; activations {storage.Activations})"))
+            .AddColumns("layer", "pool", "dataset", "trials", "size", "decision", "images: stored / recomputed", "why");
+        foreach (PrefixDecisionView d in storage.Decisions)
+        {
+            string decision = d.Action == "recompute" ? "[yellow]recompute[/]" : $"{d.Action} ({d.Dtype})";
+            table.AddRow(Markup.Escape(d.Layer), d.Pooling, d.Dataset[..Math.Min(12, d.Dataset.Length)], d.Trials.ToString(c), MaterializationPlanner.Size(d.Bytes),
+                decision, $"{d.StoreImages.ToString("N0", c)} / {d.RecomputeImages.ToString("N0", c)}", Markup.Escape(d.Reason));
+        }
+        AnsiConsole.Write(table);
+        foreach (EvictionView e in storage.Evictions)
+        {
+            AnsiConsole.MarkupLine(Markup.Escape($"evicted first (no running sweep needs it): {e.Key}, {MaterializationPlanner.Size(e.Bytes)}, last used {e.LastUsedAt?.ToString("u", c) ?? "never recorded"}"));
+        }
+    }
+
     private sealed record SweepPlanView(string Sweep, string Method, int TrialCount, int Parallelism, IReadOnlyList<int>? Rungs,
-        IReadOnlyList<PlannedTrialView> Trials, IReadOnlyList<SkippedTrialView> Skipped, IReadOnlyList<FeatureSetView> FeatureSets, PlanCost Cost);
+        IReadOnlyList<PlannedTrialView> Trials, IReadOnlyList<SkippedTrialView> Skipped, IReadOnlyList<FeatureSetView> FeatureSets, PlanCost Cost, StorageView Storage);
+
+    private sealed record StorageView(long? BudgetBytes, long UsedBytes, long NewBytes, string Activations, IReadOnlyList<PrefixDecisionView> Decisions, IReadOnlyList<EvictionView> Evictions);
+
+    /// <param name="Bytes">The set's size at its dtype; StoreImages and RecomputeImages: images through the prefix either way.</param>
+    private sealed record PrefixDecisionView(string Key, string Layer, string Pooling, string Dataset, int Trials, string Action, string Dtype, long Bytes,
+        long StoreImages, long RecomputeImages, string Reason);
+
+    private sealed record EvictionView(string Key, long Bytes, DateTime? LastUsedAt);
 
     private sealed record SkippedTrialView(int Number, IReadOnlyDictionary<string, object> Params, string Reason);
 
-    private sealed record PlannedTrialView(int Number, IReadOnlyDictionary<string, object> Params, IReadOnlyList<string> FeatureSets, int TrainImages, int Epochs);
+    private sealed record PlannedTrialView(int Number, IReadOnlyDictionary<string, object> Params, IReadOnlyList<string> FeatureSets, int TrainImages, int Epochs,
+        bool RecomputesPrefix);
 
     private sealed record FeatureSetView(string Key, string Model, string Layer, string Pooling, int InputSize, string Dataset, int Images)
     {
@@ -178,5 +226,5 @@ public sealed class SweepPlanCommand : AsyncCommand<SweepPlanSettings>
     }
 
     private sealed record PlanCost(int ExtractionPasses, int SetsToExtract, long ImagesToExtract, long ImagesCached, long ImagesToExtractWithoutSharing,
-        long TrainingImageEpochsOnFeatures, long TrainingImageEpochsThroughTheNetwork, long? TrainingImageEpochsAtLeast);
+        long TrainingImageEpochsOnFeatures, long TrainingImageEpochsThroughTheNetwork, long? TrainingImageEpochsAtLeast, long ImagesThroughRecomputedPrefixes);
 }

@@ -85,6 +85,10 @@ public sealed class FeatureSetRecord
     /// <summary>The request it was planned from (an EnsureFeatureSet as JSON): what the coordinator service completes it
     /// with, and sends its missing shards from again after a restart; null for sets planned before the service did this.</summary>
     public string? Request { get; set; }
+
+    /// <summary>When a sweep or an extraction last asked for the set: under a storage budget, the sets no sweep needs
+    /// are evicted least recently used first. Null for sets asked for before this was recorded (evicted first).</summary>
+    public DateTime? LastUsedAt { get; set; }
 }
 
 public enum FeatureShardStatus

@@ -146,6 +146,10 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .HasColumnType("integer")
                         .HasColumnName("image_count");
 
+                    b.Property<DateTime?>("LastUsedAt")
+                        .HasColumnType("timestamp with time zone")
+                        .HasColumnName("last_used_at");
+
                     b.Property<string>("Layer")
                         .IsRequired()
                         .HasColumnType("text")

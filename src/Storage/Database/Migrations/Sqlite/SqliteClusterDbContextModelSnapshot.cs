@@ -139,6 +139,10 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .HasColumnType("INTEGER")
                         .HasColumnName("image_count");
 
+                    b.Property<DateTime?>("LastUsedAt")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("last_used_at");
+
                     b.Property<string>("Layer")
                         .IsRequired()
                         .HasColumnType("TEXT")
