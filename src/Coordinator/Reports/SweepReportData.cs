@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using Cluster.Contracts.Training;
 using Cluster.Storage.Database;
 using Cluster.Storage.Database.Entities;
@@ -39,15 +40,25 @@ public sealed record SweepReportData
         ? JsonSerializer.Deserialize<SweepSearch>(search, s_json)!
         : new SweepSearch { Method = "grid", Parallelism = 1 };
 
-    /// <summary>The feature-set keys each trial trains on (cutoff and head sets, every dataset), from its plan.</summary>
+    /// <summary>The feature-set keys a trial trains on (cutoff and head sets, every dataset), from its plan (a PlannedTrial).</summary>
     public static IReadOnlySet<string> FeatureKeysOf(TrialRecord trial)
     {
         ArgumentNullException.ThrowIfNull(trial);
-        if (trial.Plan is null || JsonSerializer.Deserialize<PlannedTrial>(trial.Plan, s_json) is not PlannedTrial plan)
+        var keys = new HashSet<string>(StringComparer.Ordinal);
+        // Only the two maps are read, so a plan written by an older or newer coordinator still reports its sets.
+        JsonNode? data = trial.Plan is string plan ? JsonNode.Parse(plan)?["data"] : null;
+        foreach (string map in new[] { "cutoffFeatures", "headFeatures" })
         {
-            return trial.PrefixKey is string key ? new HashSet<string>(StringComparer.Ordinal) { key } : new HashSet<string>(StringComparer.Ordinal);
+            if (data?[map] is JsonObject sets)
+            {
+                keys.UnionWith(sets.Select(kv => kv.Value?.GetValue<string>()).OfType<string>());
+            }
         }
-        return plan.Data.CutoffFeatures.Values.Concat(plan.Data.HeadFeatures.Values).ToHashSet(StringComparer.Ordinal);
+        if (keys.Count == 0 && trial.PrefixKey is string prefix)
+        {
+            keys.Add(prefix);
+        }
+        return keys;
     }
 
     /// <returns>Null when no sweep has the id.</returns>

@@ -82,7 +82,8 @@ public static partial class SweepReportPlots
             EpochMetricRecord[] curve = [.. metrics[trial.Id].OrderBy(m => m.Epoch)];
             var line = plot.Add.Scatter(curve.Select(m => m.Epoch + 1.0).ToArray(), curve.Select(m => m.Accuracy).ToArray());
             JsonObject p = JsonNode.Parse(trial.Hyperparameters)!.AsObject();
-            line.LegendText = $"#{trial.Number} " + string.Join(" ", varying.Select(f => SweepBoard.Value(p, f)).Where(v => v.Length > 0));
+            line.LegendText = $"#{trial.Number} " + string.Join(" ", varying.Select(f => (f, v: SweepBoard.Value(p, f))).Where(x => x.v.Length > 0)
+                .Select(x => x.f == "strategy" ? x.v : $"{x.f}={x.v}"));
             line.MarkerSize = 7;
         }
         IntegerTicks(plot, best.SelectMany(t => metrics[t.Id]).Select(m => m.Epoch + 1));

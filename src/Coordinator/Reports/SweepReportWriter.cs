@@ -100,7 +100,7 @@ public static class SweepReportWriter
         };
         if (ranked.FirstOrDefault(t => t.Status != "failed" && t.ValAccuracy is not null) is TrialResult best)
         {
-            rows.Add(("best trial", $"{best.Id}: validation accuracy {Percent(best.ValAccuracy)}, test accuracy {Percent(best.TestAccuracy)}"));
+            rows.Add(("best trial", $"{best.Id}: validation accuracy {Percent(best.ValAccuracy)}" + (best.TestAccuracy is null ? "" : $", test accuracy {Percent(best.TestAccuracy)}")));
             rows.Add(("its params", string.Join(", ", best.Params.Select(kv => $"{kv.Key}={Cli.SweepBoard.Value(best.Params, kv.Key)}"))));
         }
         html.Append("<table class=\"facts\">\n");
