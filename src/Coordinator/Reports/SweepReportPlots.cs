@@ -58,7 +58,8 @@ public static partial class SweepReportPlots
         plot.Title(title);
         plot.XLabel("learning rate (log scale)");
         plot.YLabel("validation accuracy");
-        plot.ShowLegend(Alignment.LowerRight);
+        // Beside the data, never over it: points cluster wherever the accuracy is.
+        plot.ShowLegend(Edge.Right);
         return Render(plot, "accuracy-lr", title, "Each point is a trial's best validation accuracy." + left);
     }
 
@@ -90,9 +91,10 @@ public static partial class SweepReportPlots
         plot.Title(title);
         plot.XLabel("epoch");
         plot.YLabel("validation accuracy");
-        plot.ShowLegend(Alignment.LowerRight);
+        plot.ShowLegend(Edge.Bottom);
+        // Taller: the legend below names each trial by its values and takes a line per trial.
         return Render(plot, "learning-curves", title,
-            $"The {best.Length} best trial(s); a head trained on features in one go (logistic, knn, sdca) has a single point.");
+            $"The {best.Length} best trial(s); a head trained on features in one go (logistic, knn, sdca) has a single point.", Height + 24 * best.Length);
     }
 
     /// <summary>(3) ASHA: each trial's metric at each rung it reached, a line per trial.</summary>
@@ -139,7 +141,7 @@ public static partial class SweepReportPlots
         plot.YLabel(loss ? "validation loss" : "validation accuracy");
         if (drawn <= 12)
         {
-            plot.ShowLegend(Alignment.LowerRight);
+            plot.ShowLegend(Edge.Right);
         }
         return Render(plot, "asha-rungs", title,
             $"Rungs at epochs {rungText} (reduction {search.Reduction.ToString(c)}): a line stops where its trial was not promoted.");
@@ -181,13 +183,13 @@ public static partial class SweepReportPlots
     /// The plot as SVG for an HTML page: no XML declaration, a title for screen readers, a viewBox so CSS can scale it, and
     /// its element ids (clip paths) prefixed, since every plot names them alike and ids are per document.
     /// </summary>
-    private static ReportPlot Render(Plot plot, string id, string title, string note)
+    private static ReportPlot Render(Plot plot, string id, string title, string note, int height = Height)
     {
-        string svg = plot.GetSvgXml(Width, Height);
+        string svg = plot.GetSvgXml(Width, height);
         svg = svg[svg.IndexOf("<svg", StringComparison.Ordinal)..];
         svg = ElementId().Replace(svg, m => $"{m.Groups[1].Value}{id}-{m.Groups[2].Value}");
         int open = svg.IndexOf('>', StringComparison.Ordinal);
-        svg = $"<svg class=\"plot\" id=\"{id}\" role=\"img\" aria-labelledby=\"{id}-title\" viewBox=\"0 0 {Width} {Height}\"" + svg[4..open]
+        svg = $"<svg class=\"plot\" id=\"{id}\" role=\"img\" aria-labelledby=\"{id}-title\" viewBox=\"0 0 {Width} {height}\"" + svg[4..open]
             + $"><title id=\"{id}-title\">{WebUtility.HtmlEncode(title)}</title>" + svg[(open + 1)..];
         return new ReportPlot(title, svg, note);
     }
