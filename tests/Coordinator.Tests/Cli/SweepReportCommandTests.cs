@@ -2,7 +2,6 @@ using System.Globalization;
 using System.Text.Json;
 using AngleSharp.Dom;
 using AngleSharp.Html.Dom;
-using AngleSharp.Html.Parser;
 using Cluster.TestSupport.Training;
 using Shouldly;
 
@@ -74,7 +73,7 @@ public sealed class SweepReportCommandTests : IDisposable
         string path = printed.RootElement.GetProperty("report").GetString()!;
         path.ShouldBe(Path.Combine(Path.GetFullPath(Storage), "reports", sweepId, "index.html"));
 
-        IHtmlDocument document = new HtmlParser().ParseDocument(await File.ReadAllTextAsync(path));
+        IHtmlDocument document = Reports.SweepReportTests.Parse(await File.ReadAllTextAsync(path));
         document.QuerySelector("h1")!.TextContent.ShouldBe("stripes-report");
         // A grid has no rungs: accuracy against learning rate, learning curves, and time.
         IElement[] plots = [.. document.QuerySelectorAll("svg")];
