@@ -77,7 +77,7 @@ public static class CoordinatorCli
             c.SetApplicationName("coordinator");
             c.PropagateExceptions();
             c.AddCommand<DemoCommand>("demo")
-                .WithDescription("An embedded sweep on the bundled Fashion-MNIST sample (ResNet-18: heads on features, fine-tune-top, fine-tune-all), then the leaderboard.")
+                .WithDescription("An embedded sweep on the bundled Fashion-MNIST sample (ResNet-18: heads on features, fine-tune-top, fine-tune-all), then the leaderboard and the path of its HTML report.")
                 .WithExample("demo")
                 .WithExample("demo", "--format", "json");
             c.AddCommand<SelfTestCommand>("selftest")
@@ -104,7 +104,7 @@ public static class CoordinatorCli
                     .WithExample("sweep", "plan", "examples/fashion-transfer.yaml")
                     .WithExample("sweep", "plan", "examples/fashion-transfer.yaml", "--format", "json");
                 sweep.AddCommand<SweepRunCommand>("run")
-                    .WithDescription("Run a spec to completion (embedded by default) with a progress bar, then print its results; a spec whose every field has one value is one trial.")
+                    .WithDescription("Run a spec to completion (embedded by default) with a progress bar, then print its results and the path of its HTML report; a spec whose every field has one value is one trial.")
                     .WithExample("sweep", "run", "examples/fashion-one-trial.yaml")
                     .WithExample("sweep", "run", "examples/feature-extractor-logistic.yaml", "--format", "json")
                     .WithExample("sweep", "run", "examples/fashion-transfer.yaml", "--no-share");
@@ -119,6 +119,10 @@ public static class CoordinatorCli
                 sweep.AddCommand<SweepResultsCommand>("results").WithDescription("The leaderboard, best first: a table, DESIGN.md's JSON results format, or CSV.")
                     .WithExample("sweep", "results", "3f9a0c1d", "--top", "5")
                     .WithExample("sweep", "results", "3f9a0c1d", "--format", "csv");
+                sweep.AddCommand<SweepReportCommand>("report")
+                    .WithDescription("Write the sweep's report, one self-contained HTML file (reports/ID/index.html): leaderboard, accuracy against learning rate, learning curves, ASHA rungs, where the time went and what sharing saved; prints its path.")
+                    .WithExample("sweep", "report", "3f9a0c1d")
+                    .WithExample("sweep", "report", "3f9a0c1d", "--format", "json");
                 sweep.AddCommand<SweepCancelCommand>("cancel").WithDescription("Stop dispatching a sweep's work; segments in flight finish at their checkpoint.")
                     .WithExample("sweep", "cancel", "3f9a0c1d");
                 sweep.AddCommand<SweepResumeCommand>("resume").WithDescription("Continue a cancelled or interrupted sweep, each trial from its last checkpoint (embedded: here, to its end).")

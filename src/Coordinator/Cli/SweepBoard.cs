@@ -163,7 +163,7 @@ public static class SweepBoard
     /// The hyperparameters whose values differ between the trials that use them (the others say nothing about a row);
     /// strategy always. A trial whose strategy does not use a field has none, and shows a blank there.
     /// </summary>
-    private static string[] VaryingParams(IReadOnlyList<JsonObject> trials)
+    internal static string[] VaryingParams(IReadOnlyList<JsonObject> trials)
     {
         var fields = new List<string>();
         foreach (string field in trials.SelectMany(t => t.Select(kv => kv.Key)).Distinct())
@@ -176,7 +176,7 @@ public static class SweepBoard
         return [.. fields];
     }
 
-    private static string Value(JsonObject p, string field) =>
+    internal static string Value(JsonObject p, string field) =>
         p.TryGetPropertyValue(field, out JsonNode? v) && v is not null
             ? v is JsonValue value && value.TryGetValue(out double d) ? d.ToString("G4", c) : v.ToString()
             : "";

@@ -22,8 +22,16 @@ public sealed record SweepResults(
         await using ClusterDbContext db = await databases.CreateDbContextAsync(ct);
         SweepRecord sweep = await db.Sweeps.AsNoTracking().SingleAsync(s => s.Id == sweepId, ct);
         List<TrialRecord> trials = await db.Trials.AsNoTracking().Where(t => t.SweepId == sweepId).OrderBy(t => t.Number).ToListAsync(ct);
+        return From(sweep, trials);
+    }
+
+    /// <summary>The results of records already read (the report reads them with the rest of what it shows).</summary>
+    public static SweepResults From(SweepRecord sweep, IEnumerable<TrialRecord> trials)
+    {
+        ArgumentNullException.ThrowIfNull(sweep);
+        ArgumentNullException.ThrowIfNull(trials);
         return new SweepResults(sweep.Id.ToString(), sweep.Name, StatusName(sweep.Status), $"reports/{sweep.Id}/index.html",
-            [.. trials.Select(t => new TrialResult(
+            [.. trials.OrderBy(t => t.Number).Select(t => new TrialResult(
                 t.Id.ToString(), StatusName(t.Status), JsonNode.Parse(t.Hyperparameters)!.AsObject(), (t.Epoch ?? -1) + 1,
                 t.BestMetric, t.TestAccuracy, Math.Round(t.Seconds, 2), t.Checkpoint, t.FailureReason, t.ValidationLoss))]);
     }

@@ -19,7 +19,8 @@ public sealed class DemoSettings : GlobalSettings
 /// <summary>
 /// `coordinator demo`: the README's main job. An embedded sweep (in-memory bus, SQLite, ./.cluster) over the bundled
 /// Fashion-MNIST sample with ImageNet's ResNet-18: feature-extractor heads, fine-tune-top and fine-tune-all at two
-/// cutoffs and two learning rates; the feature sets the trials share are extracted once. Ends with the leaderboard.
+/// cutoffs and two learning rates; the feature sets the trials share are extracted once. Ends with the leaderboard and
+/// the path of the sweep's HTML report.
 /// A second run reuses the cached features and runs only the training.
 /// </summary>
 public sealed class DemoCommand : AsyncCommand<DemoSettings>
@@ -43,7 +44,7 @@ public sealed class DemoCommand : AsyncCommand<DemoSettings>
             int code = await SweepRunCommand.RunAsync(cli, host, sweep, share: true, settings, TimeSpan.FromSeconds(settings.TimeoutSeconds), cancellationToken);
             if (settings.Format == OutputFormat.Table)
             {
-                AnsiConsole.MarkupLine("[grey]next: `coordinator sweep list`, `coordinator sweep results ID --format csv`; the spec above is a template for your own images.[/]");
+                AnsiConsole.MarkupLine("[grey]next: open the report above in a browser; `coordinator sweep list`, `coordinator sweep results ID --format csv`; the spec above is a template for your own images.[/]");
             }
             return code;
         }

@@ -336,6 +336,7 @@ public sealed class SweepResumeCommand : AsyncCommand<SweepWatchSettings>
             SweepResults results = await SweepResults.LoadAsync(cli.Database, id, cancellationToken);
             string metric = state.Sweep.Search is string search ? JsonSerializer.Deserialize<SweepSearch>(search, new JsonSerializerOptions(JsonSerializerDefaults.Web))!.Metric : "val_accuracy";
             SweepResultsCommand.Print(settings, results, SweepBoard.Leaderboard(results, metric), $"{results.Name}: {results.Status}");
+            await SweepReportCommand.WriteAfterRunAsync(cli, id, settings.Format == OutputFormat.Table, cancellationToken);
             return ended && results.Status != "failed" ? 0 : 1;
         }
         finally

@@ -30,7 +30,8 @@ public sealed class SweepRunSettings : SweepSpecSettings
 /// <summary>
 /// `coordinator sweep run SPEC`: checks the spec and its data (every bad value is one line, exit 2, before any work is
 /// sent), makes sure of each distinct feature set once, submits the sweep to the coordinator service, follows it with a
-/// live table of trials, and ends with the leaderboard (DESIGN.md's results format with `--format json`).
+/// live table of trials, and ends with the leaderboard (DESIGN.md's results format with `--format json`) and the path of
+/// the sweep's HTML report.
 /// </summary>
 public sealed class SweepRunCommand : AsyncCommand<SweepRunSettings>
 {
@@ -74,6 +75,8 @@ public sealed class SweepRunCommand : AsyncCommand<SweepRunSettings>
         }
         SweepResults results = await SweepResults.LoadAsync(cli.Database, sweepId, ct);
         SweepResultsCommand.Print(settings, results, SweepBoard.Leaderboard(results, sweep.Spec.Metric.Name), $"{results.Name}: {results.Status} in {clock.Elapsed.TotalSeconds:F1} s");
+        // The results format names the report (reports/ID/index.html): it is there once they are printed.
+        await SweepReportCommand.WriteAfterRunAsync(cli, sweepId, table, ct);
         if (!ended)
         {
             Console.Error.WriteLine($"coordinator: error: sweep {sweepId} not finished after {timeout.TotalSeconds:F0} s (is a gpu-worker running? see `coordinator workers`).");
