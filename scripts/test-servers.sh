@@ -100,6 +100,8 @@ missing_packages() {
     command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
     # Not a server: the real Fashion-MNIST files one IDX import test reads (it is skipped, saying so, without them).
     [[ -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]] || missing+=(dataset-fashion-mnist)
+    # Not a server either: a font, which the sweep report's SVG plots (ScottPlot on SkiaSharp) measure and name their text in.
+    pkg_installed fonts-dejavu-core || missing+=(fonts-dejavu-core)
     printf '%s\n' "${missing[@]}"
 }
 
