@@ -14,8 +14,14 @@ using Spectre.Console.Rendering;
 namespace Cluster.Coordinator.Cli;
 
 /// <summary>A sweep's state as the CLI shows it: read from the database, which the coordinator service alone writes.</summary>
+/// <summary>A feature set being extracted while trials wait for it: its key, and images done of all.</summary>
+public sealed record ExtractionInProgress(string Key, string Layer, int ImagesDone, int Images);
+
 public sealed record SweepBoardState(SweepRecord Sweep, IReadOnlyList<TrialRecord> Trials)
 {
+    /// <summary>The sets being extracted while some of this sweep's trials wait (empty when none waits).</summary>
+    public IReadOnlyList<ExtractionInProgress> Extractions { get; init; } = [];
+
     public bool Ended => Sweep.Status is SweepStatus.Completed or SweepStatus.Failed
         || (Sweep.Status == SweepStatus.Cancelled && Trials.All(t => t.DispatchedSegment is null));
 }
@@ -47,7 +53,18 @@ public static class SweepBoard
                 BestMetric = t.BestMetric, TestAccuracy = t.TestAccuracy, WorkerId = t.WorkerId, Progress = t.Progress, DispatchedSegment = t.DispatchedSegment,
                 Seconds = t.Seconds, FailureReason = t.FailureReason, Attempts = t.Attempts,
             }).ToListAsync(ct);
-        return new SweepBoardState(sweep, trials);
+        IReadOnlyList<ExtractionInProgress> extractions = [];
+        if (trials.Any(t => t.Status == TrialStatus.WaitingForFeatures))
+        {
+            // Few sets extract at once (one pass makes several): their rows and complete shards' image counts.
+            var sets = await db.FeatureSets.AsNoTracking().Where(f => f.Status == FeatureSetStatus.Extracting)
+                .Select(f => new { f.Key, f.Layer, f.ImageCount }).ToListAsync(ct);
+            string[] keys = [.. sets.Select(f => f.Key)];
+            var done = await db.FeatureShards.AsNoTracking().Where(f => keys.Contains(f.FeatureSetKey) && f.Status == FeatureShardStatus.Complete)
+                .GroupBy(f => f.FeatureSetKey).Select(g => new { Key = g.Key, Images = g.Sum(f => f.ImageCount + f.SkippedCount) }).ToListAsync(ct);
+            extractions = [.. sets.Select(f => new ExtractionInProgress(f.Key, f.Layer, done.FirstOrDefault(d => d.Key == f.Key)?.Images ?? 0, f.ImageCount))];
+        }
+        return new SweepBoardState(sweep, trials) { Extractions = extractions };
     }
 
     /// <summary>
@@ -97,9 +114,15 @@ public static class SweepBoard
         SweepRecord sweep = state.Sweep;
         string[] varying = Varying(state.Trials);
         int done = state.Trials.Count(t => t.Status is TrialStatus.Completed or TrialStatus.Stopped or TrialStatus.Failed);
+        int waiting = state.Trials.Count(t => t.Status == TrialStatus.WaitingForFeatures);
         var table = new Table().Border(TableBorder.Rounded)
-            .Title(Markup.Escape($"sweep {sweep.Name} ({sweep.Id.ToString()[..8]}): {Name(sweep.Status)}, {done}/{state.Trials.Count} trials ended, {elapsed.TotalSeconds:F0} s"))
+            .Title(Markup.Escape($"sweep {sweep.Name} ({sweep.Id.ToString()[..8]}): {Name(sweep.Status)}, {done}/{state.Trials.Count} trials ended"
+                + (waiting > 0 ? $", {waiting} waiting for features" : "") + $", {elapsed.TotalSeconds:F0} s"))
             .AddColumn("trial").AddColumn("state");
+        if (state.Extractions.Count > 0)
+        {
+            table.Caption(Markup.Escape("extracting: " + string.Join("; ", state.Extractions.Select(e => $"{e.Layer} {e.ImagesDone}/{e.Images} images ({e.Key})"))));
+        }
         foreach (string field in varying)
         {
             table.AddColumn(field);
@@ -185,6 +208,7 @@ public static class SweepBoard
     {
         TrialStatus.Running when t.DispatchedSegment is null => "[grey]paused[/]",
         TrialStatus.Running => "[blue]running[/]",
+        TrialStatus.WaitingForFeatures => "[grey]waiting for features[/]",
         TrialStatus.Completed => "[green]completed[/]",
         TrialStatus.Stopped => "[yellow]stopped[/]",
         TrialStatus.Failed => "[red]failed[/]",
@@ -204,7 +228,8 @@ public static class SweepBoard
         return t.DispatchedSegment is int s ? $"segment {s} queued" : "";
     }
 
-    public static string Name<T>(T status) where T : struct, Enum => status.ToString().ToLowerInvariant();
+    public static string Name<T>(T status) where T : struct, Enum =>
+        System.Text.RegularExpressions.Regex.Replace(status.ToString(), "(?<=[a-z])(?=[A-Z])", "-").ToLowerInvariant(); // waiting-for-features
 
     public static string Percent(double? value) => value is double v ? v.ToString("P2", c) : "";
 }

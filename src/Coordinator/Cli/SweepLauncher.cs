@@ -58,7 +58,7 @@ public static class SweepLauncher
     /// <param name="share">False (`--no-share`): no trial reuses another's frozen prefix; feature-extractor trials extract
     /// their own features and fine-tune-top trials run their prefix on every batch, as sweep systems without sharing do.</param>
     /// <returns>The sweep's id.</returns>
-    public static async Task<Guid> SubmitAsync(IHost host, CliContext cli, PreparedSweep sweep, bool share, bool showProgress, CancellationToken ct)
+    public static async Task<Guid> SubmitAsync(IHost host, CliContext cli, PreparedSweep sweep, bool share, CancellationToken ct)
     {
         ArgumentNullException.ThrowIfNull(host);
         ArgumentNullException.ThrowIfNull(cli);
@@ -98,16 +98,13 @@ public static class SweepLauncher
             }
             needs.Add((trialId, weights, sets));
         }
-        IReadOnlySet<string> asked = await FeatureSetRunner.RequestAllAsync(host, cli, requests.Values, ct, storage?.BudgetBytes is null ? null : storage);
-        var features = new Dictionary<string, string>(StringComparer.Ordinal);
-        foreach ((string key, ExtractionRequest request) in requests)
-        {
-            features[key] = asked.Contains(key) ? await FeatureSetRunner.EnsureAsync(host, cli, store, request, showProgress, ct, requested: true) : key;
-        }
+        // Asked, not awaited: the sweep is submitted at once, and the scheduler holds each trial until its sets are
+        // complete, so trials whose prefix is ready (cached, or needing none) train while the others are extracted.
+        await FeatureSetRunner.RequestAllAsync(host, cli, requests.Values, ct, storage?.BudgetBytes is null ? null : storage);
         var trials = new List<PlannedTrial>();
         foreach ((SweepTrialLayout trial, var need) in layout.Trials.Zip(needs))
         {
-            var sets = need.Sets.ToDictionary(s => s.Need, s => features[s.Request.Key.Value]);
+            var sets = need.Sets.ToDictionary(s => s.Need, s => s.Request.Key.Value);
             trials.Add(TrialPlanner.Plan(spec, trial.Choice, layout.Datasets, need.Weights, trial.Weights.Hash, need.TrialId, trial.Number, sets));
         }
         ISendEndpoint coordinator = await host.Services.GetRequiredService<ISendEndpointProvider>().GetSendEndpoint(new Uri($"queue:{QueueNames.Coordinator}"));

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Cluster.Contracts;
 using Cluster.Contracts.Features;
 using Cluster.Contracts.Training;
 using Cluster.Coordinator.Planning;
@@ -87,13 +88,22 @@ public sealed class FeatureSetService(ClusterDbContextFactory databases, Cluster
         await db.FeatureSets.Where(s => keys.Contains(s.Key)).ExecuteUpdateAsync(u => u.SetProperty(s => s.LastUsedAt, now), ct);
     }
 
-    public Task Consume(ConsumeContext<FeatureShardExtracted> context) => CompleteIfDoneAsync(context.Message.FeatureSetKey, context.CancellationToken);
+    public Task Consume(ConsumeContext<FeatureShardExtracted> context) => CompleteIfDoneAsync(context, context.Message.FeatureSetKey, context.CancellationToken);
 
-    public Task Consume(ConsumeContext<FeatureShardFailed> context)
+    /// <summary>A failed shard is final for this request (asking again retries it), so the set cannot complete: the
+    /// trials that wait on it are told now, not when the other shards end.</summary>
+    public async Task Consume(ConsumeContext<FeatureShardFailed> context)
     {
-        logger.LogWarning("Shard {Shard} of feature set {Key} failed on {Worker}: {Reason}",
-            context.Message.ShardIndex, context.Message.FeatureSetKey, context.Message.WorkerId, context.Message.Reason);
-        return Task.CompletedTask;
+        FeatureShardFailed m = context.Message;
+        logger.LogWarning("Shard {Shard} of feature set {Key} failed on {Worker}: {Reason}", m.ShardIndex, m.FeatureSetKey, m.WorkerId, m.Reason);
+        await SettledAsync(context, new FeatureSetSettled { FeatureSetKey = m.FeatureSetKey, Failure = $"shard {m.ShardIndex} of feature set {m.FeatureSetKey} failed: {m.Reason}" }, context.CancellationToken);
+    }
+
+    /// <summary>Tells the scheduler (the same queue, so after this event) that trials waiting on the set can go on.</summary>
+    private static async Task SettledAsync(ISendEndpointProvider sender, FeatureSetSettled settled, CancellationToken ct)
+    {
+        ISendEndpoint coordinator = await sender.GetSendEndpoint(new Uri($"queue:{QueueNames.Coordinator}"));
+        await coordinator.Send(settled, ct);
     }
 
     /// <summary>After a restart: every set still extracting that was planned here gets its missing shards sent again.</summary>
@@ -133,7 +143,7 @@ public sealed class FeatureSetService(ClusterDbContextFactory databases, Cluster
             if (plan.Jobs.Count == 0)
             {
                 // Every shard recorded but the set not marked (the service stopped in between): complete it now.
-                await CompleteIfDoneAsync(plan.FeatureSet.Key, ct);
+                await CompleteIfDoneAsync(sender, plan.FeatureSet.Key, ct);
                 continue;
             }
             pending.Add((request, plan.Jobs));
@@ -154,7 +164,7 @@ public sealed class FeatureSetService(ClusterDbContextFactory databases, Cluster
         return jobs.Count;
     }
 
-    private async Task CompleteIfDoneAsync(string key, CancellationToken ct)
+    private async Task CompleteIfDoneAsync(ISendEndpointProvider sender, string key, CancellationToken ct)
     {
         FeatureSetRecord? set;
         await using (ClusterDbContext db = databases.CreateDbContext())
@@ -175,5 +185,6 @@ public sealed class FeatureSetService(ClusterDbContextFactory databases, Cluster
         ExtractionRequest request = await ExtractionRequest.FromMessageAsync(JsonSerializer.Deserialize<EnsureFeatureSet>(set.Request)!, Store, ct);
         await planner.CompleteAsync(request, key, ct);
         logger.LogInformation("Feature set {Key} complete: {Images} images in {Shards} shards", key, progress.ImagesDone, set.ShardCount);
+        await SettledAsync(sender, new FeatureSetSettled { FeatureSetKey = key }, ct);
     }
 }

@@ -28,6 +28,7 @@ public sealed class SweepDriver(ClusterDbContext db, FileStore store, ILogger lo
     private readonly Dictionary<Guid, PlannedTrial> _plans = [];
     private readonly List<TrainSegment> _sends = [];
     private readonly List<(TrialRecord Trial, HashSet<int> Keep)> _retain = [];
+    private readonly Dictionary<string, (bool Ready, string? Failure)> _inputs = new(StringComparer.Ordinal);
     private SweepRecord _sweep = null!;
     private ISearchMethod _method = null!;
     private SweepSearch _search = null!;
@@ -293,18 +294,38 @@ public sealed class SweepDriver(ClusterDbContext db, FileStore store, ILogger lo
                     {
                         break;
                     }
-                    trial.Status = TrialStatus.Running;
                     trial.TargetEpochs = Math.Max(trial.TargetEpochs, train.Epochs);
                     if (ReachedTarget(trial))
                     {
+                        trial.Status = TrialStatus.Running;
                         foreach (SearchOperation next in _method.TrialReported(trial.Number, MetricOf(trial)))
                         {
                             queue.Enqueue(next);
                         }
+                        break;
+                    }
+                    // Its frozen prefix may still be extracting: then it waits, out of the method's slots, and trials
+                    // whose features are ready train meanwhile; the set's FeatureSetSettled sends it.
+                    (bool ready, string? failure) = await InputsAsync(trial, ct);
+                    IReadOnlyList<SearchOperation> after = [];
+                    if (failure is not null)
+                    {
+                        Fail(trial, failure);
+                        after = _method.TrialFailed(trial.Number);
+                    }
+                    else if (!ready)
+                    {
+                        trial.Status = TrialStatus.WaitingForFeatures;
+                        after = _method.TrialBlocked(trial.Number);
                     }
                     else
                     {
+                        trial.Status = TrialStatus.Running;
                         Dispatch(trial);
+                    }
+                    foreach (SearchOperation next in after)
+                    {
+                        queue.Enqueue(next);
                     }
                     break;
                 }
@@ -371,6 +392,94 @@ public sealed class SweepDriver(ClusterDbContext db, FileStore store, ILogger lo
         };
     }
 
+    /// <summary>
+    /// Whether the feature sets the trial trains on are complete (ready), or cannot complete (the failure, naming the
+    /// set and its failed shard); neither: still extracting, or not yet planned by the service. Statuses are read once an
+    /// event and kept, so a sweep whose trials share a set asks the database once.
+    /// </summary>
+    private async Task<(bool Ready, string? Failure)> InputsAsync(TrialRecord trial, CancellationToken ct)
+    {
+        PlannedTrial plan = PlanOf(trial);
+        string[] keys = [.. plan.Data.CutoffFeatures.Values.Concat(plan.Data.HeadFeatures.Values).Distinct(StringComparer.Ordinal)];
+        string[] unknown = [.. keys.Where(k => !_inputs.ContainsKey(k))];
+        if (unknown.Length > 0)
+        {
+            var sets = await db.FeatureSets.AsNoTracking().Where(f => unknown.Contains(f.Key)).Select(f => new { f.Key, f.Status }).ToListAsync(ct);
+            var failedShards = await db.FeatureShards.AsNoTracking().Where(f => unknown.Contains(f.FeatureSetKey) && f.Status == FeatureShardStatus.Failed)
+                .OrderBy(f => f.Index).Select(f => new { f.FeatureSetKey, f.Index, f.FailureReason }).ToListAsync(ct);
+            foreach (string key in unknown)
+            {
+                var failed = failedShards.FirstOrDefault(f => f.FeatureSetKey == key);
+                _inputs[key] = sets.FirstOrDefault(f => f.Key == key)?.Status == FeatureSetStatus.Complete ? (true, null)
+                    : failed is not null ? (false, $"shard {failed.Index} of feature set {key} failed: {failed.FailureReason ?? "unknown"}")
+                    : (false, null);
+            }
+        }
+        foreach (string key in keys)
+        {
+            if (_inputs[key].Failure is string failure)
+            {
+                return (false, failure);
+            }
+        }
+        return (keys.All(k => _inputs[k].Ready), null);
+    }
+
+    /// <summary>
+    /// A feature set is complete or has failed: every running sweep with trials waiting for features checks them again;
+    /// those whose sets are all complete are handed back to their search (which sends them as slots free), those whose
+    /// set failed fail with its reason; the rest wait on. Cancelled sweeps check theirs when resumed.
+    /// </summary>
+    public static async Task<IReadOnlyList<TrainSegment>> FeatureSetSettledAsync(Func<SweepDriver> drivers, ClusterDbContext db, CancellationToken ct)
+    {
+        ArgumentNullException.ThrowIfNull(drivers);
+        ArgumentNullException.ThrowIfNull(db);
+        List<Guid> waiting = await db.Trials.AsNoTracking().Where(t => t.Status == TrialStatus.WaitingForFeatures)
+            .Join(db.Sweeps.Where(s => s.Status == SweepStatus.Running), t => t.SweepId, s => s.Id, (t, s) => s.Id).Distinct().ToListAsync(ct);
+        var sends = new List<TrainSegment>();
+        foreach (Guid id in waiting)
+        {
+            sends.AddRange(await drivers().ReleaseWaitingAsync(id, ct));
+        }
+        return sends;
+    }
+
+    private async Task<IReadOnlyList<TrainSegment>> ReleaseWaitingAsync(Guid sweepId, CancellationToken ct)
+    {
+        if (!await LoadSweepAsync(sweepId, ct) || _sweep.Status != SweepStatus.Running)
+        {
+            return [];
+        }
+        await ReleaseWaitingAsync(ct);
+        await EndIfDrainedAsync(ct);
+        await SaveAsync(ct);
+        return _sends;
+    }
+
+    private async Task ReleaseWaitingAsync(CancellationToken ct)
+    {
+        List<TrialRecord> waiting = await db.Trials.Where(t => t.SweepId == _sweep.Id && t.Status == TrialStatus.WaitingForFeatures).OrderBy(t => t.Number).ToListAsync(ct);
+        foreach (TrialRecord trial in waiting)
+        {
+            TrialRecord tracked = _trials.TryAdd(trial.Number, trial) ? trial : _trials[trial.Number];
+            if (tracked.Status != TrialStatus.WaitingForFeatures)
+            {
+                continue;
+            }
+            (bool ready, string? failure) = await InputsAsync(tracked, ct);
+            if (failure is not null)
+            {
+                Fail(tracked, failure);
+                await ApplyAsync(_method.TrialFailed(tracked.Number), ct);
+            }
+            else if (ready)
+            {
+                // Stays waiting until the method gives it a slot (its TrainUntil then dispatches it).
+                await ApplyAsync(_method.TrialUnblocked(tracked.Number), ct);
+            }
+        }
+    }
+
     private async Task RedispatchAsync(bool inFlightLost, CancellationToken ct)
     {
         List<TrialRecord> running = await db.Trials.Where(t => t.SweepId == _sweep.Id && t.Status == TrialStatus.Running).OrderBy(t => t.Number).ToListAsync(ct);
@@ -393,6 +502,8 @@ public sealed class SweepDriver(ClusterDbContext db, FileStore store, ILogger lo
                 Dispatch(trial);
             }
         }
+        // Sets may have completed while the sweep was cancelled or the service was down.
+        await ReleaseWaitingAsync(ct);
     }
 
     private void Fail(TrialRecord trial, string reason)

@@ -36,7 +36,8 @@ public sealed record SweepResults(
                 t.BestMetric, t.TestAccuracy, Math.Round(t.Seconds, 2), t.Checkpoint, t.FailureReason, t.ValidationLoss))]);
     }
 
-    private static string StatusName<T>(T status) where T : struct, Enum => status.ToString().ToLowerInvariant();
+    private static string StatusName<T>(T status) where T : struct, Enum =>
+        System.Text.RegularExpressions.Regex.Replace(status.ToString(), "(?<=[a-z])(?=[A-Z])", "-").ToLowerInvariant(); // waiting-for-features
 }
 
 /// <param name="Epochs">Epochs trained (fewer than planned when the trial stopped early).</param>

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Cluster.Contracts.Features;
 using Cluster.Contracts.Training;
 using Cluster.Hosting;
 using Cluster.Storage.Database;
@@ -18,7 +19,7 @@ namespace Cluster.Coordinator.Orchestration;
 /// </summary>
 public sealed class TrialScheduler(IDbContextFactory<ClusterDbContext> databases, ClusterRuntimeSettings settings, ILogger<TrialScheduler> logger) :
     IConsumer<SubmitSweep>, IConsumer<SegmentCompleted>, IConsumer<SegmentFailed>, IConsumer<TrialProgress>,
-    IConsumer<CancelSweep>, IConsumer<ResumeSweep>, IConsumer<RecoverSweeps>
+    IConsumer<CancelSweep>, IConsumer<ResumeSweep>, IConsumer<RecoverSweeps>, IConsumer<FeatureSetSettled>
 {
     private static readonly JsonSerializerOptions s_json = new(JsonSerializerDefaults.Web);
 
@@ -34,18 +35,33 @@ public sealed class TrialScheduler(IDbContextFactory<ClusterDbContext> databases
 
     public async Task Consume(ConsumeContext<RecoverSweeps> context)
     {
+        IReadOnlyList<TrainSegment> sends = await AcrossSweepsAsync(context, SweepDriver.RecoverAllAsync);
+        logger.LogInformation("Coordinator started: {Segments} dispatched segment(s) of running sweeps sent again", sends.Count);
+    }
+
+    public async Task Consume(ConsumeContext<FeatureSetSettled> context)
+    {
+        IReadOnlyList<TrainSegment> sends = await AcrossSweepsAsync(context, SweepDriver.FeatureSetSettledAsync);
+        logger.LogInformation("Feature set {Key} {Outcome}: {Segments} waiting trial segment(s) sent", context.Message.FeatureSetKey,
+            context.Message.Failure is null ? "complete" : "failed", sends.Count);
+    }
+
+    /// <summary>An event that concerns every running sweep: one driver (and database context) per sweep, then the sends.</summary>
+    private async Task<IReadOnlyList<TrainSegment>> AcrossSweepsAsync(ConsumeContext context,
+        Func<Func<SweepDriver>, ClusterDbContext, CancellationToken, Task<IReadOnlyList<TrainSegment>>> handle)
+    {
         await using ClusterDbContext db = await databases.CreateDbContextAsync(context.CancellationToken);
         var contexts = new List<ClusterDbContext>();
         try
         {
-            IReadOnlyList<TrainSegment> sends = await SweepDriver.RecoverAllAsync(() =>
+            IReadOnlyList<TrainSegment> sends = await handle(() =>
             {
                 ClusterDbContext own = databases.CreateDbContext();
                 contexts.Add(own);
                 return Driver(own);
             }, db, context.CancellationToken);
-            logger.LogInformation("Coordinator started: {Segments} dispatched segment(s) of running sweeps sent again", sends.Count);
             await SendAsync(context, sends);
+            return sends;
         }
         finally
         {

@@ -11,7 +11,8 @@ public sealed record AshaSettings(int MinEpochs, int MaxEpochs, double Reduction
 /// rung, or failed), the method promotes the best trial of the highest rung that has one to promote (a trial is
 /// promotable from a rung once it is in that rung's top 1/reduction), and otherwise starts a new trial at the bottom
 /// rung; so no worker waits for a rung to fill. A trial not promoted stays paused at its rung (it may still be
-/// promoted as more trials arrive) and is closed when the search ends.
+/// promoted as more trials arrive) and is closed when the search ends. A trial blocked on its features holds no slot;
+/// once unblocked it goes before any promotion or new trial (it was chosen already).
 /// </summary>
 public sealed class AshaSearch : ISearchMethod
 {
@@ -78,11 +79,31 @@ public sealed class AshaSearch : ISearchMethod
 
     public IReadOnlyList<SearchOperation> TrialFailed(int trial)
     {
-        if (!_state.Training.Remove(trial))
+        if (!(_state.Training.Remove(trial) | _state.Blocked.Remove(trial) | _state.Ready.Remove(trial)))
         {
             return [];
         }
         _state.Closed.Add(trial);
+        return Fill([]);
+    }
+
+    public IReadOnlyList<SearchOperation> TrialBlocked(int trial)
+    {
+        if (!_state.Training.Remove(trial, out int rung))
+        {
+            return [];
+        }
+        _state.Blocked[trial] = rung;
+        return Fill([]);
+    }
+
+    public IReadOnlyList<SearchOperation> TrialUnblocked(int trial)
+    {
+        if (!_state.Blocked.Remove(trial, out int rung))
+        {
+            return [];
+        }
+        _state.Ready[trial] = rung;
         return Fill([]);
     }
 
@@ -102,7 +123,15 @@ public sealed class AshaSearch : ISearchMethod
     {
         while (_state.Training.Count < _settings.Parallelism)
         {
-            if (TryPromote() is (int trial, int rung))
+            if (_state.Ready.Count > 0)
+            {
+                // Already chosen (created or promoted) before it blocked: it goes first, lowest trial number first.
+                (int ready, int readyRung) = _state.Ready.MinBy(r => r.Key);
+                _state.Ready.Remove(ready);
+                _state.Training[ready] = readyRung;
+                operations.Add(new TrainUntil(ready, RungEpochs[readyRung]));
+            }
+            else if (TryPromote() is (int trial, int rung))
             {
                 _state.Training[trial] = rung;
                 operations.Add(new TrainUntil(trial, RungEpochs[rung]));
@@ -119,7 +148,7 @@ public sealed class AshaSearch : ISearchMethod
                 break;
             }
         }
-        if (_state.Training.Count == 0 && !_state.Completed)
+        if (_state.Training.Count == 0 && _state.Blocked.Count == 0 && _state.Ready.Count == 0 && !_state.Completed)
         {
             // Nothing trains and nothing can start: the paused trials will never be promoted now.
             foreach (int paused in _state.Rungs.SelectMany(r => r).Where(e => !e.Promoted).Select(e => e.Trial).Distinct().Order())
@@ -158,6 +187,12 @@ public sealed class AshaSearch : ISearchMethod
 
         /// <summary>Trials training now, and the rung each is training to.</summary>
         public Dictionary<int, int> Training { get; set; } = [];
+
+        /// <summary>Trials waiting for their features, and the rung each was to train to; they hold no slot.</summary>
+        public Dictionary<int, int> Blocked { get; set; } = [];
+
+        /// <summary>Unblocked trials waiting for a slot, and their rungs.</summary>
+        public Dictionary<int, int> Ready { get; set; } = [];
 
         /// <summary>Per rung, the trials that reported there, with their scores (higher is better).</summary>
         public List<List<RungEntry>> Rungs { get; set; } = [];

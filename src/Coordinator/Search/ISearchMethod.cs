@@ -17,8 +17,22 @@ public interface ISearchMethod
     /// </summary>
     IReadOnlyList<SearchOperation> TrialReported(int trial, double metric);
 
-    /// <summary>The trial failed for good (its attempts are spent); the sweep goes on without it.</summary>
+    /// <summary>The trial failed for good (its attempts are spent, or the features it trains on could not be made);
+    /// the sweep goes on without it.</summary>
     IReadOnlyList<SearchOperation> TrialFailed(int trial);
+
+    /// <summary>
+    /// The trial the last <see cref="TrainUntil"/> named cannot start yet: the frozen prefix it trains on is still being
+    /// extracted. It gives up its slot, so that a trial whose inputs are ready trains meanwhile (no worker idles while
+    /// features are made); the method keeps what it asked of it.
+    /// </summary>
+    IReadOnlyList<SearchOperation> TrialBlocked(int trial);
+
+    /// <summary>
+    /// A blocked trial's inputs are ready: it is asked to train again (the same <see cref="TrainUntil"/>) as soon as a
+    /// slot is free, before any new trial starts or any other is promoted. Unknown or not blocked: nothing.
+    /// </summary>
+    IReadOnlyList<SearchOperation> TrialUnblocked(int trial);
 
     /// <summary>The method's whole state, as JSON.</summary>
     string Snapshot();

@@ -345,6 +345,159 @@ public sealed class SweepDriverTests : IAsyncLifetime
         (stopped.Status, stopped.Epoch, stopped.StoppedEarly).ShouldBe((TrialStatus.Completed, 1, true));
     }
 
+    // ---- the order of work: trials wait for their frozen prefix, others train meanwhile ----
+
+    /// <summary>The sweep's trials, with trial n training on the feature set <paramref name="keys"/>[n] (null: none).</summary>
+    private static SubmitSweep WithFeatures(SubmitSweep sweep, params string?[] keys) => sweep with
+    {
+        Trials = [.. sweep.Trials.Select(t => keys[t.Number] is string key
+            ? t with { Data = t.Data with { CutoffFeatures = new Dictionary<string, string> { ["train"] = key } }, PrefixKey = key }
+            : t)],
+    };
+
+    private async Task RecordSet(string key, FeatureSetStatus status, string? failedShard = null)
+    {
+        await using ClusterDbContext db = _database.CreateDbContext();
+        FeatureSetRecord? set = await db.FeatureSets.SingleOrDefaultAsync(f => f.Key == key);
+        if (set is null)
+        {
+            db.FeatureSets.Add(set = new FeatureSetRecord
+            {
+                Key = key, Model = "resnet18", WeightsHash = "random:1", Layer = "layer3", Pooling = "none", Preprocessing = "imagenet", DatasetId = "train",
+                Dtype = "fp32", Shape = "256x2x2", ShardCount = 2, ShardSize = 10, ImageCount = 20, CreatedAt = _clock.GetUtcNow().UtcDateTime,
+            });
+        }
+        set.Status = status;
+        if (failedShard is not null)
+        {
+            db.FeatureShards.Add(new FeatureShardRecord
+            {
+                FeatureSetKey = key, Index = 1, Status = FeatureShardStatus.Failed, FailureReason = failedShard, Path = $"features/{key}/shard-0001.safetensors",
+                Sha256 = "", RowStart = 10, RowCount = 10, CreatedAt = _clock.GetUtcNow().UtcDateTime,
+            });
+        }
+        await db.SaveChangesAsync();
+    }
+
+    /// <summary>A FeatureSetSettled event, handled as the consumer does: one driver and context a sweep.</summary>
+    private async Task<IReadOnlyList<TrainSegment>> Settled()
+    {
+        await using ClusterDbContext db = _database.CreateDbContext();
+        var contexts = new List<ClusterDbContext>();
+        try
+        {
+            return await SweepDriver.FeatureSetSettledAsync(() =>
+            {
+                ClusterDbContext own = _database.CreateDbContext();
+                contexts.Add(own);
+                return new SweepDriver(own, new FileStore(Path.Combine(_folder, "storage")), NullLogger.Instance, _clock);
+            }, db, CancellationToken.None);
+        }
+        finally
+        {
+            contexts.ForEach(c => c.Dispose());
+        }
+    }
+
+    [Fact]
+    public async Task Trials_whose_prefix_is_ready_train_while_others_wait_for_theirs_and_then_go_first()
+    {
+        // Trials 0 and 1 train on a set still extracting; trial 2 on a cached one; trial 3 on none (fine-tune-all).
+        await RecordSet("layer3-extracting", FeatureSetStatus.Extracting);
+        await RecordSet("layer4-cached", FeatureSetStatus.Complete);
+        SubmitSweep sweep = WithFeatures(Sweep(configurations: 5, Grid(parallelism: 2), epochs: 1, segmentEpochs: 1),
+            "layer3-extracting", "layer3-extracting", "layer4-cached", null, "layer3-extracting");
+
+        IReadOnlyList<TrainSegment> first = await Submit(sweep);
+
+        // No slot is held by a trial that cannot start: the two ready ones train now, and trial 4 is not started yet.
+        first.Select(s => NumberOf(sweep, s)).ShouldBe([2, 3]);
+        (await Trials(sweep.SweepId)).Select(t => t.Status).ShouldBe(
+            [TrialStatus.WaitingForFeatures, TrialStatus.WaitingForFeatures, TrialStatus.Running, TrialStatus.Running, TrialStatus.Pending]);
+        (await Settled()).ShouldBeEmpty("the set is still extracting: nothing changes");
+
+        await RecordSet("layer3-extracting", FeatureSetStatus.Complete);
+        (await Settled()).ShouldBeEmpty("both slots are busy: the ready trials wait for one");
+        (await Settled()).ShouldBeEmpty("a repeated event changes nothing");
+
+        // As slots free, the trials that waited go first, in order, before anything else.
+        TrainSegment next = (await Complete(first[0], 0.6)).ShouldHaveSingleItem();
+        NumberOf(sweep, next).ShouldBe(0);
+        TrainSegment after = (await Complete(first[1], 0.7)).ShouldHaveSingleItem();
+        NumberOf(sweep, after).ShouldBe(1);
+        TrainSegment last = (await Complete(next, 0.8)).ShouldHaveSingleItem();
+        NumberOf(sweep, last).ShouldBe(4);
+        (await Complete(after, 0.5)).ShouldBeEmpty();
+        (await Complete(last, 0.5)).ShouldBeEmpty();
+
+        (await Sweep(sweep.SweepId)).Status.ShouldBe(SweepStatus.Completed);
+        (await Trials(sweep.SweepId)).ShouldAllBe(t => t.Status == TrialStatus.Completed && t.CompletedSegments == 1);
+    }
+
+    [Fact]
+    public async Task A_set_that_fails_fails_the_trials_waiting_on_it_with_its_reason_and_the_sweep_goes_on()
+    {
+        await RecordSet("bad-weights", FeatureSetStatus.Extracting);
+        SubmitSweep sweep = WithFeatures(Sweep(configurations: 3, Grid(parallelism: 1), epochs: 1, segmentEpochs: 1), "bad-weights", "bad-weights", null);
+
+        TrainSegment only = (await Submit(sweep)).ShouldHaveSingleItem();
+        NumberOf(sweep, only).ShouldBe(2);
+
+        await RecordSet("bad-weights", FeatureSetStatus.Extracting, failedShard: "layer 'layer3' not found");
+        (await Settled()).ShouldBeEmpty();
+        List<TrialRecord> trials = await Trials(sweep.SweepId);
+        trials.Take(2).ShouldAllBe(t => t.Status == TrialStatus.Failed && t.FailureReason == "shard 1 of feature set bad-weights failed: layer 'layer3' not found");
+        (await Sweep(sweep.SweepId)).Status.ShouldBe(SweepStatus.Running);
+
+        (await Complete(only, 0.9)).ShouldBeEmpty();
+        (await Sweep(sweep.SweepId)).Status.ShouldBe(SweepStatus.Completed, "one bad set never fails the sweep");
+    }
+
+    [Fact]
+    public async Task Asha_gives_a_blocked_trials_slot_to_a_ready_one_and_resumes_it_at_its_rung()
+    {
+        await RecordSet("slow", FeatureSetStatus.Extracting);
+        var asha = new SweepSearch { Method = "asha", Parallelism = 1, MinEpochs = 1, MaxEpochs = 3, Reduction = 3 };
+        SubmitSweep sweep = WithFeatures(Sweep(configurations: 3, asha, epochs: 3, segmentEpochs: 1), "slow", null, null);
+
+        TrainSegment first = (await Submit(sweep)).ShouldHaveSingleItem();
+        NumberOf(sweep, first).ShouldBe(1);
+        await RecordSet("slow", FeatureSetStatus.Complete);
+        (await Settled()).ShouldBeEmpty();
+
+        TrainSegment resumed = (await Complete(first, 0.5)).ShouldHaveSingleItem();
+        (NumberOf(sweep, resumed), resumed.EpochFrom, resumed.EpochTo).ShouldBe((0, 0, 1), "trial 0 trains to the bottom rung it was created for");
+        var queue = new Queue<TrainSegment>([resumed]);
+        while (queue.TryDequeue(out TrainSegment? segment))
+        {
+            foreach (TrainSegment next in await Complete(segment, 0.4 + NumberOf(sweep, segment) / 10.0))
+            {
+                queue.Enqueue(next);
+            }
+        }
+        (await Sweep(sweep.SweepId)).Status.ShouldBe(SweepStatus.Completed);
+        (await Trials(sweep.SweepId)).ShouldAllBe(t => t.Status == TrialStatus.Completed || t.Status == TrialStatus.Stopped);
+    }
+
+    [Fact]
+    public async Task A_cancelled_sweep_keeps_its_waiting_trials_and_resume_sends_those_whose_set_completed_meanwhile()
+    {
+        await RecordSet("late", FeatureSetStatus.Extracting);
+        SubmitSweep sweep = WithFeatures(Sweep(configurations: 2, Grid(parallelism: 2), epochs: 1, segmentEpochs: 1), "late", null);
+        TrainSegment only = (await Submit(sweep)).ShouldHaveSingleItem();
+        (await Drive(d => d.CancelAsync(sweep.SweepId, CancellationToken.None))).ShouldBeEmpty();
+
+        await RecordSet("late", FeatureSetStatus.Complete);
+        (await Settled()).ShouldBeEmpty("a cancelled sweep sends nothing");
+        (await Trials(sweep.SweepId))[0].Status.ShouldBe(TrialStatus.WaitingForFeatures);
+
+        TrainSegment sent = (await Drive(d => d.ResumeAsync(sweep.SweepId, inFlightLost: false, CancellationToken.None))).ShouldHaveSingleItem();
+        NumberOf(sweep, sent).ShouldBe(0);
+        (await Complete(only, 0.5)).ShouldBeEmpty();
+        (await Complete(sent, 0.6)).ShouldBeEmpty();
+        (await Sweep(sweep.SweepId)).Status.ShouldBe(SweepStatus.Completed);
+    }
+
     /// <summary>A clock the test moves (the wall-time budget without waiting).</summary>
     private sealed class ManualClock(DateTimeOffset start) : TimeProvider
     {

@@ -29,6 +29,24 @@ public sealed class AshaSearchTests
     }
 
     [Fact]
+    public void A_blocked_trial_holds_no_slot_and_once_ready_goes_before_promotions_and_new_trials()
+    {
+        var asha = new AshaSearch(new AshaSettings(1, 9, 3, MaxTrials: 4, Parallelism: 1, MetricGoal.Maximize));
+        asha.Start().ShouldBe([new CreateTrial(0, 0), new TrainUntil(0, 1)]);
+
+        asha.TrialBlocked(0).ShouldBe([new CreateTrial(1, 1), new TrainUntil(1, 1)]);
+        asha.TrialUnblocked(0).ShouldBeEmpty("trial 1 holds the slot");
+        asha.TrialReported(1, 0.9).ShouldBe([new TrainUntil(0, 1)], "the unblocked trial first, at the rung it was created for");
+        asha.TrialReported(0, 0.5).ShouldBe([new CreateTrial(2, 2), new TrainUntil(2, 1)]);
+        asha.TrialBlocked(2).ShouldBe([new CreateTrial(3, 3), new TrainUntil(3, 1)]);
+        asha.TrialReported(3, 0.1).ShouldBe([new TrainUntil(1, 3)], "three at rung 1 now: the best is promoted while trial 2 waits");
+        asha.TrialReported(1, 0.95).ShouldBeEmpty("every trial is created and trial 2 still waits: not complete yet");
+        asha.TrialFailed(2).ShouldSatisfyAllConditions(
+            ops => ops.OfType<CompleteSearch>().ShouldHaveSingleItem(),
+            ops => ops.OfType<CloseTrial>().Select(c => c.Trial).ShouldBe([0, 1, 3], "paused at their rungs, never to be promoted now"));
+    }
+
+    [Fact]
     public void With_a_loss_the_lowest_is_promoted()
     {
         var asha = new AshaSearch(new AshaSettings(1, 9, 3, MaxTrials: 10, Parallelism: 3, MetricGoal.Minimize));

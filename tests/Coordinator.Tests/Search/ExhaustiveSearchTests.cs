@@ -55,4 +55,25 @@ public sealed class ExhaustiveSearchTests
         restored.Start().ShouldBeEmpty();
         restored.TrialReported(0, 0.1).ShouldBe([new CloseTrial(0), new CreateTrial(1, 1), new TrainUntil(1, 2)]);
     }
+
+    [Fact]
+    public void A_blocked_trial_gives_up_its_slot_and_once_unblocked_takes_the_next_free_one_before_new_trials()
+    {
+        var search = new ExhaustiveSearch(4, _ => 2, parallelism: 1);
+        search.Start().ShouldBe([new CreateTrial(0, 0), new TrainUntil(0, 2)]);
+
+        search.TrialBlocked(0).ShouldBe([new CreateTrial(1, 1), new TrainUntil(1, 2)]);
+        search.TrialBlocked(0).ShouldBeEmpty("not training: a repeated event changes nothing");
+        search.TrialUnblocked(0).ShouldBeEmpty("the one slot is trial 1's");
+        search.TrialUnblocked(0).ShouldBeEmpty();
+
+        // Survives a restart in the middle.
+        var restored = new ExhaustiveSearch(4, _ => 2, parallelism: 1);
+        restored.Restore(search.Snapshot());
+        restored.TrialReported(1, 0.5).ShouldBe([new CloseTrial(1), new TrainUntil(0, 2)]);
+        restored.TrialReported(0, 0.6).ShouldBe([new CloseTrial(0), new CreateTrial(2, 2), new TrainUntil(2, 2)]);
+        restored.TrialBlocked(2).ShouldBe([new CreateTrial(3, 3), new TrainUntil(3, 2)]);
+        restored.TrialReported(3, 0.1).ShouldBe([new CloseTrial(3)], "trial 2 still waits: the search is not complete");
+        restored.TrialFailed(2).ShouldBe([new CompleteSearch()], "its set failed: nothing is left");
+    }
 }

@@ -123,7 +123,7 @@ public sealed class SweepSubmitCommand : AsyncCommand<SweepSubmitSettings>
         await host.StartAsync(cancellationToken);
         try
         {
-            Guid id = await SweepLauncher.SubmitAsync(host, cli, sweep, !settings.NoShare, settings.Format == OutputFormat.Table, cancellationToken);
+            Guid id = await SweepLauncher.SubmitAsync(host, cli, sweep, !settings.NoShare, cancellationToken);
             CliOutput.Write(settings, new { sweep = id, trials = sweep.Layout.Trials.Count }, () => Console.Out.WriteLine(id));
             return 0;
         }
@@ -192,6 +192,7 @@ public sealed class SweepStatusCommand : AsyncCommand<SweepIdSettings>
             trials = byStatus,
             running = state.Trials.Where(t => t.Status == TrialStatus.Running).Select(t => new { trial = t.Number, epoch = t.Epoch, target_epochs = t.TargetEpochs, worker = t.WorkerId, in_flight = t.DispatchedSegment }),
             failed = state.Trials.Where(t => t.Status == TrialStatus.Failed).Select(t => new { trial = t.Number, reason = t.FailureReason, attempts = t.Attempts }),
+            extracting = state.Extractions.Select(e => new { key = e.Key, layer = e.Layer, images_done = e.ImagesDone, images = e.Images }),
         }, () =>
         {
             AnsiConsole.Write(SweepBoard.Render(state, ((s.CompletedAt ?? DateTime.UtcNow) - (s.StartedAt ?? s.CreatedAt))));

@@ -58,7 +58,7 @@ public sealed class SweepRunCommand : AsyncCommand<SweepRunSettings>
     {
         var clock = Stopwatch.StartNew();
         bool table = settings.Format == OutputFormat.Table;
-        Guid sweepId = await SweepLauncher.SubmitAsync(host, cli, sweep, share, table, ct);
+        Guid sweepId = await SweepLauncher.SubmitAsync(host, cli, sweep, share, ct);
         if (table)
         {
             AnsiConsole.MarkupLine($"[grey]sweep[/] {sweepId} [grey]submitted: {sweep.Layout.Trials.Count} trial(s), {Markup.Escape(sweep.Spec.Search.Method)} search{(share ? "" : ", --no-share")}[/]");
