@@ -86,6 +86,20 @@ public sealed class WorkerOptions
     /// ~/.cache/transfer-cluster/kernels. A node-local folder or the shared volume both work.
     /// </summary>
     public string? KernelCache { get; set; }
+
+    /// <summary>
+    /// MiB of cached activations a worker keeps in memory between jobs, so that the next trial of a frozen prefix on
+    /// this worker trains without reading its feature set again (least recently used evicted first); -1: a quarter of
+    /// the memory the process may use (the container's limit where it has one); 0: none.
+    /// </summary>
+    public long FeatureMemoryMiB { get; set; } = -1;
+
+    /// <summary><see cref="FeatureMemoryMiB"/> in bytes, the default resolved.</summary>
+    public long ResidentFeatureBytes() => FeatureMemoryMiB switch
+    {
+        < 0 => GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / 4,
+        _ => FeatureMemoryMiB * 1024 * 1024,
+    };
 }
 
 /// <summary>The settings every process resolves once at start: mode, storage, bus and database.</summary>

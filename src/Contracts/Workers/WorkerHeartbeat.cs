@@ -23,4 +23,11 @@ public sealed record WorkerHeartbeat
     /// libtorch, and how many it computes another way because libtorch's kernel was wrong or crashed there.
     /// </summary>
     public string? KernelCheck { get; init; }
+
+    /// <summary>The feature sets the worker holds in memory (most recently used first): the trials of those frozen
+    /// prefixes train there without reading their sets again.</summary>
+    public IReadOnlyList<string> ResidentFeatureSets { get; init; } = [];
+
+    /// <summary>Bytes of those sets.</summary>
+    public long ResidentFeatureBytes { get; init; }
 }

@@ -13,7 +13,8 @@ namespace Cluster.GpuWorker.Hosting;
 /// not wake up to a backlog of stale ones.
 /// </summary>
 public sealed class HeartbeatService(
-    IBus bus, WorkerIdentity identity, JobTracker jobs, LaneLayout lanes, KernelVerifier kernels, TimeSpan interval, ILogger<HeartbeatService> logger)
+    IBus bus, WorkerIdentity identity, JobTracker jobs, LaneLayout lanes, KernelVerifier kernels, TimeSpan interval, ILogger<HeartbeatService> logger,
+    Extraction.ResidentFeatureSets? residentFeatures = null)
     : BackgroundService
 {
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
@@ -45,6 +46,8 @@ public sealed class HeartbeatService(
                     ImagesPerSecond = jobs.ImagesPerSecond,
                     ResidentBytes = Environment.WorkingSet,
                     KernelCheck = kernels.Report is { Checked: > 0 } report ? report.Summary : null,
+                    ResidentFeatureSets = residentFeatures?.Keys ?? [],
+                    ResidentFeatureBytes = residentFeatures?.Bytes ?? 0,
                 }, context => context.TimeToLive = interval * 3, stoppingToken);
             }
             catch (Exception e) when (e is not OperationCanceledException)

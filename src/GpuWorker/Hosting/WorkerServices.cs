@@ -1,6 +1,7 @@
 using Cluster.GpuWorker.Devices;
 using Cluster.GpuWorker.Extraction;
 using Cluster.GpuWorker.Kernels;
+using Cluster.Storage.Database;
 using Cluster.Storage.Files;
 using Cluster.Hosting;
 using MassTransit;
@@ -32,6 +33,8 @@ public static class WorkerServices
         services.AddSingleton<ModelProvider>();
         services.AddSingleton<DatasetManifestCache>();
         services.AddSingleton<FeatureExtractor>();
+        services.AddSingleton(sp => new ResidentFeatureSets(options.ResidentFeatureBytes(),
+            (key, ct) => FeatureSetReader.LoadAsync(sp.GetRequiredService<ClusterDbContextFactory>(), sp.GetRequiredService<FileStore>(), key, ct)));
         services.AddSingleton<Training.SegmentTrainer>();
         services.AddSingleton<JobTracker>();
         services.AddSingleton<WorkerJobRunner>();
@@ -43,7 +46,8 @@ public static class WorkerServices
             sp.GetRequiredService<LaneLayout>(),
             sp.GetRequiredService<KernelVerifier>(),
             TimeSpan.FromSeconds(options.HeartbeatSeconds),
-            sp.GetRequiredService<ILogger<HeartbeatService>>()));
+            sp.GetRequiredService<ILogger<HeartbeatService>>(),
+            sp.GetRequiredService<ResidentFeatureSets>()));
         return services;
     }
 }

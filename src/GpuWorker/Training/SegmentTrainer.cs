@@ -55,6 +55,7 @@ public sealed class SegmentTrainer(
     KernelVerifier verifier,
     WorkerIdentity identity,
     JobTracker jobs,
+    ResidentFeatureSets residentFeatures,
     ILogger<SegmentTrainer> logger)
 {
     private readonly CheckpointStore _checkpoints = new(store);
@@ -171,6 +172,11 @@ public sealed class SegmentTrainer(
         segment.CompletedAt = DateTime.UtcNow;
         await db.SaveChangesAsync();
         WriteLearningCurves(job, outcome);
+        if (residentFeatures.Loads > 0)
+        {
+            logger.LogInformation("Feature sets in memory: {Sets} ({MiB:F0} MiB of {Budget:F0}); {Loads} read from storage and {Hits} reused since the worker started",
+                residentFeatures.Keys.Count, residentFeatures.Bytes / 1048576.0, residentFeatures.BudgetBytes / 1048576.0, residentFeatures.Loads, residentFeatures.Hits);
+        }
     }
 
     public static string TensorBoardFolder(Guid sweepId, Guid trialId) => $"tensorboard/{sweepId}/{trialId}";
@@ -476,7 +482,7 @@ public sealed class SegmentTrainer(
         {
             throw new ArgumentException("the validation split is empty");
         }
-        return new TrialSplits(job, plan, parts, classIndex, (key, c) => Extraction.FeatureSetReader.LoadAsync(databases, store, key, c));
+        return new TrialSplits(job, plan, parts, classIndex, residentFeatures.AcquireAsync);
     }
 
     private static int[] LabelsOf(DatasetManifest dataset, IReadOnlyDictionary<string, int> classIndex) =>
@@ -491,11 +497,11 @@ public sealed class SegmentTrainer(
     /// </summary>
     private sealed class TrialSplits(
         TrainSegment job, TrialPlan plan, Dictionary<string, (DatasetManifest Dataset, int[] Positions)> parts, IReadOnlyDictionary<string, int> classIndex,
-        Func<string, CancellationToken, Task<Extraction.CachedFeatures>> loadFeatures) : IDisposable
+        Func<string, CancellationToken, Task<ResidentFeatureSets.FeatureLease>> leaseFeatures) : IDisposable
     {
         private readonly Dictionary<string, TrainingRows> _rows = new(StringComparer.Ordinal);
         private readonly Dictionary<string, ImageBatchPipeline> _pipelines = new(StringComparer.Ordinal);
-        private readonly Dictionary<string, Extraction.CachedFeatures> _features = new(StringComparer.Ordinal);
+        private readonly Dictionary<string, ResidentFeatureSets.FeatureLease> _features = new(StringComparer.Ordinal);
 
         public bool HasTest => parts.ContainsKey("test");
 
@@ -542,11 +548,13 @@ public sealed class SegmentTrainer(
         /// <summary>The cache positions of a split's dataset rows (images the extraction skipped are left out) and their labels.</summary>
         private async Task<(Extraction.CachedFeatures Features, long[] Positions, int[] Labels)> CachedAsync(string featureSet, int[] positions, int[] labels, CancellationToken ct)
         {
-            if (!_features.TryGetValue(featureSet, out Extraction.CachedFeatures? features))
+            if (!_features.TryGetValue(featureSet, out ResidentFeatureSets.FeatureLease? lease))
             {
-                features = await loadFeatures(featureSet, ct);
-                _features[featureSet] = features;
+                // Held for the segment; resident after it, so the next trial of this prefix on this worker reads nothing.
+                lease = await leaseFeatures(featureSet, ct);
+                _features[featureSet] = lease;
             }
+            Extraction.CachedFeatures features = lease.Features;
             var cachePositions = new List<long>(positions.Length);
             var kept = new List<int>(positions.Length);
             foreach (int row in positions)
@@ -578,9 +586,9 @@ public sealed class SegmentTrainer(
 
         public void Dispose()
         {
-            foreach (Extraction.CachedFeatures features in _features.Values)
+            foreach (ResidentFeatureSets.FeatureLease lease in _features.Values)
             {
-                features.Dispose();
+                lease.Dispose();
             }
         }
     }
