@@ -111,6 +111,13 @@ public static class BatchNormSimilarity
         }
     }
 
+    /// <summary>A recorded statistic as doubles, through a copy that is disposed here (the buffer itself stays the module's).</summary>
+    private static double[] Doubles(Tensor statistic)
+    {
+        using Tensor copy = statistic.to_type(ScalarType.Float64, copy: true);
+        return [.. copy.data<double>()];
+    }
+
     /// <summary>Sums of a batch norm's input per channel over every image and position, in float64 (a sample is ~10⁷ values).</summary>
     private sealed class Moments(string layer, double[] runningMean, double[] runningVariance)
     {
@@ -166,8 +173,7 @@ public static class BatchNormSimilarity
         {
             var buffers = graph.named_buffers().Concat(graph.named_parameters().Select(p => (p.name, (Tensor)p.parameter)))
                 .ToDictionary(b => b.Item1, b => b.Item2, StringComparer.Ordinal);
-            double[] Values(string initializer) =>
-                [.. buffers[graph.StateDictNames[initializer]].to_type(ScalarType.Float64).data<double>()];
+            double[] Values(string initializer) => Doubles(buffers[graph.StateDictNames[initializer]]);
             var layers = graph.Nodes
                 .Where(n => n.OpType == "BatchNormalization" && graph.ValueNames.Contains(n.Inputs[0]))
                 .Select(n => (n.Inputs[0], new Moments(n.Name.Length > 0 ? n.Name : n.Outputs[0], Values(n.Inputs[3]), Values(n.Inputs[4]))))
@@ -223,7 +229,7 @@ public static class BatchNormSimilarity
                 {
                     continue;
                 }
-                var moments = new Moments(name, [.. norm.running_mean.to_type(ScalarType.Float64).data<double>()], [.. norm.running_var.to_type(ScalarType.Float64).data<double>()]);
+                var moments = new Moments(name, Doubles(norm.running_mean), Doubles(norm.running_var));
                 layers.Add(moments);
                 var remover = norm.register_forward_pre_hook((_, input) =>
                 {
