@@ -116,8 +116,8 @@ public static class SweepPlanner
 
     /// <summary>
     /// One cell of the decision table for a model, weights and input size: the training set's images per class and its
-    /// similarity (the spec's `auto.similarity`, else measured). A network without batch norms cannot be measured, and
-    /// random weights have no pretraining domain: both are the spec's error, naming the strategy's line.
+    /// similarity (the spec's `auto.similarity`, else measured). A network without batch norms cannot be measured: the
+    /// spec's error, naming the strategy's line (random weights without a given similarity the parser has refused).
     /// </summary>
     private static async Task<AutoDecision> DecideAsync(SweepSpec spec, TrialChoice choice, TrialDatasets datasets, string weightsHash,
         DomainSimilarityProbe probe, CancellationToken ct)
@@ -130,11 +130,6 @@ public static class SweepPlanner
         if (spec.Auto.Similarity is double given)
         {
             score = given;
-        }
-        else if (choice.Weights.Kind == SpecWeightsKind.Random)
-        {
-            throw new SpecException($"{spec.Source} line {line}: strategy auto compares the data with the pretraining domain of the weights, and weights random have none; " +
-                "give weights builtin or a file, or set auto.similarity");
         }
         else
         {
