@@ -115,7 +115,7 @@ public static class SweepPlanner
     }
 
     /// <summary>
-    /// One cell of the decision table for a model, weights and input size: the training set's images per class and its
+    /// One cell of the decision table for a model and its weights: the training set's images per class and its
     /// similarity (the spec's `auto.similarity`, else measured). A network without batch norms cannot be measured: the
     /// spec's error, naming the strategy's line (random weights without a given similarity the parser has refused).
     /// </summary>
@@ -133,7 +133,14 @@ public static class SweepPlanner
         }
         else
         {
-            (measurement, cached) = await probe.MeasureAsync(choice, datasets.Train, weightsHash, ct);
+            try
+            {
+                (measurement, cached) = await probe.MeasureAsync(choice, datasets.Train, weightsHash, ct);
+            }
+            catch (InvalidDataException e)
+            {
+                throw new SpecException($"{spec.Source} line {spec.Dataset.Line}: dataset.train '{spec.Dataset.Train.Text}': strategy auto's similarity sample: {e.Message}", e);
+            }
             score = measurement?.Score ?? throw new SpecException(
                 $"{spec.Source} line {line}: strategy auto cannot measure similarity on {choice.Model}: it has no batch norm, whose recorded statistics the measure compares with; " +
                 "set auto.similarity (e.g. 1 for similar, 0 for different), or name a strategy");
