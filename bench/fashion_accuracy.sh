@@ -50,7 +50,7 @@ if [[ ! -d "$work/train-1000" ]]; then
     done
 fi
 
-# name | train folder | strategy | extra spec lines (\n-separated)
+# name | train folder | strategy | extra spec lines (\n-separated) | "plan": only `sweep plan` it (print auto's decision)
 rows=(
     "small-feature-extractor-logistic-224|train-1000|feature-extractor|head: logistic\ncutoff: avgpool\ninput_size: 224"
     "small-feature-extractor-knn-224|train-1000|feature-extractor|head: knn\ncutoff: avgpool\ninput_size: 224"
@@ -63,12 +63,16 @@ rows=(
     "full-fine-tune-top-64|train|fine-tune-top|cutoff: layer3\ninput_size: 64\nhead_epochs: 1\nepochs: 6\nlr: 0.01\nbackbone_lr_scale: 0.1\nschedule: cosine\nbatch_size: 64"
     "full-fine-tune-all-64|train|fine-tune-all|input_size: 64\nepochs: 3\nlr: 0.01\nbackbone_lr_scale: 0.1\nschedule: cosine\nbatch_size: 64"
     "full-from-scratch-64|train|from-scratch|input_size: 64\nepochs: 3\nlr: 0.05\nschedule: cosine\nbatch_size: 64"
+    # strategy auto (issue 12): on 1,000 images it is run; on 60,000 only planned, its pick compared with the rows above.
+    "small-auto-64|train-1000|auto|head: logistic\ninput_size: 64"
+    # The full row has full-from-scratch-64's hyperparameters, so a from-scratch pick is that row's configuration.
+    "full-auto-64|train|auto|head: logistic\ninput_size: 64\nepochs: 3\nlr: 0.05\nschedule: cosine\nbatch_size: 64|plan"
 )
 
 echo "| row | strategy | head | input | train images | test accuracy | validation accuracy | wall time (s) |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 for row in "${rows[@]}"; do
-    IFS='|' read -r name train strategy extra <<<"$row"
+    IFS='|' read -r name train strategy extra mode <<<"$row"
     if [[ -n "$only" && ! "$name" =~ $only ]]; then
         continue
     fi
@@ -90,6 +94,12 @@ for row in "${rows[@]}"; do
     grep -q '^lr:' "$spec" || echo "lr: 0.001" >> "$spec"
     grep -q '^epochs:' "$spec" || echo "epochs: 1" >> "$spec"
     grep -q '^batch_size:' "$spec" || echo "batch_size: 64" >> "$spec"
+    if [[ "${mode:-}" == plan ]]; then
+        # auto's decision line (size, similarity, cell, pick) without training.
+        decision=$("${coordinator[@]}" sweep plan "$spec" --storage "$storage" 2> "$work/results/$name.log" | grep '^auto:' || true)
+        echo "| $name | planned only: ${decision:-failed: $(tail -1 "$work/results/$name.log")} |"
+        continue
+    fi
     start=$(date +%s.%N)
     if ! "${coordinator[@]}" sweep run "$spec" --storage "$storage" --format json > "$work/results/$name.json" 2> "$work/results/$name.log"; then
         echo "| $name | failed: $(tail -1 "$work/results/$name.log") |"
@@ -102,8 +112,11 @@ results = json.load(open(sys.argv[1]))
 trial = results["trials"][0]
 p = trial["params"]
 images = {"train": 60000, "train-1000": 1000}[sys.argv[5]]
-head = p.get("head", "") if sys.argv[4] == "feature-extractor" else ""
-print(f"| {results['name']} | {sys.argv[4]}{' at ' + p['cutoff'] if p.get('cutoff') else ''} | {head} | {p['input_size']} | {images} | "
+# auto's rows show what it resolved to: the params hold the chosen strategy, not auto.
+strategy = p["strategy"] if sys.argv[4] == "auto" else sys.argv[4]
+shown = f"auto: {strategy}" if sys.argv[4] == "auto" else strategy
+head = p.get("head", "") if strategy == "feature-extractor" else ""
+print(f"| {results['name']} | {shown}{' at ' + p['cutoff'] if p.get('cutoff') else ''} | {head} | {p['input_size']} | {images} | "
       f"{trial.get('test_accuracy', 0):.2%} | {trial.get('val_accuracy', 0):.2%} | {float(sys.argv[3]) - float(sys.argv[2]):.0f} |")
 PY
 done

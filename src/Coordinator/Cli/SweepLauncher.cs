@@ -33,7 +33,12 @@ public static class SweepLauncher
         }
         SweepSpec spec = SweepSpec.Load(specPath);
         var store = new FileStore(cli.Settings.StorageRoot);
-        SweepLayout layout = await SweepPlanner.LayoutAsync(spec, c => SpecDatasets.ScanAsync(spec, store, c), ct);
+        SweepLayout layout = await SweepPlanner.LayoutAsync(spec, c => SpecDatasets.ScanAsync(spec, store, c), ct, new DomainSimilarityProbe(store));
+        foreach (AutoDecision decision in layout.AutoDecisions)
+        {
+            // The same line `sweep plan` prints: what auto decided, from what.
+            Console.Error.WriteLine($"coordinator: {decision.Reason}");
+        }
         if (layout.Skipped.Count > 0)
         {
             Console.Error.WriteLine($"coordinator: {layout.Skipped.Count} of {layout.Search.Configurations} configurations left out (`coordinator sweep plan` lists each); the first: configuration {layout.Skipped[0].Configuration}, {layout.Skipped[0].Reason}");

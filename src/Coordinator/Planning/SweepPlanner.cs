@@ -18,6 +18,9 @@ public sealed record SkippedConfiguration(int Configuration, TrialChoice Choice,
 /// <summary>What a spec turns into before anything is sent: its search, its datasets, its trials and the feature sets they share.</summary>
 public sealed record SweepLayout(SearchPlan Search, TrialDatasets Datasets, IReadOnlyList<SweepTrialLayout> Trials, IReadOnlyList<SkippedConfiguration> Skipped)
 {
+    /// <summary>How `strategy: auto` was resolved: one decision per model and weights it met (empty without auto).</summary>
+    public IReadOnlyList<AutoDecision> AutoDecisions { get; init; } = [];
+
     /// <summary>The distinct extractions, each once however many trials share its key, in the order trials first need them.</summary>
     public IReadOnlyList<ExtractionRequest> DistinctExtractions =>
         [.. Trials.SelectMany(t => t.Features.Select(f => f.Request)).DistinctBy(r => r.Key.Value)];
@@ -32,8 +35,12 @@ public sealed record SweepLayout(SearchPlan Search, TrialDatasets Datasets, IRea
 public static class SweepPlanner
 {
     /// <param name="scanDatasets">Reads the spec's datasets: called once the checks that need no data have passed, so a
-    /// bad value is reported before a missing folder, and before any folder is read.</param>
-    public static async Task<SweepLayout> LayoutAsync(SweepSpec spec, Func<CancellationToken, Task<TrialDatasets>> scanDatasets, CancellationToken ct)
+    /// bad value is reported before a missing folder, and before any folder is read. A spec with `strategy: auto` needs
+    /// the data to decide, so its datasets are read first.</param>
+    /// <param name="similarity">Measures (or reads from its cache) the data's similarity to the pretraining domain for
+    /// `strategy: auto`; null: measured without a cache.</param>
+    public static async Task<SweepLayout> LayoutAsync(SweepSpec spec, Func<CancellationToken, Task<TrialDatasets>> scanDatasets, CancellationToken ct,
+        DomainSimilarityProbe? similarity = null)
     {
         ArgumentNullException.ThrowIfNull(spec);
         ArgumentNullException.ThrowIfNull(scanDatasets);
@@ -41,10 +48,27 @@ public static class SweepPlanner
         var kept = new List<(int Configuration, TrialChoice Choice)>();
         var skipped = new List<SkippedConfiguration>();
         var identities = new Dictionary<string, (int Configuration, TrialChoice Choice)>(StringComparer.Ordinal);
+        var weights = new Dictionary<(string Model, string? File), TrialWeights>();
+        var decisions = new Dictionary<(string Model, string Weights), AutoDecision>();
+        TrialDatasets? datasets = null;
         for (int configuration = 0; configuration < search.Configurations; configuration++)
         {
             ct.ThrowIfCancellationRequested();
             TrialChoice choice = search.Configuration(configuration);
+            bool auto = choice.Strategy == SpecNames.Auto;
+            if (auto)
+            {
+                // The decided strategy and cutoff replace auto before anything else sees the choice: checks, merging,
+                // feature sets and storage planning then treat it as if the spec had named them.
+                datasets ??= await scanDatasets(ct);
+                var key = (choice.Model, choice.Weights.Text);
+                if (!decisions.TryGetValue(key, out AutoDecision? decision))
+                {
+                    TrialWeights trialWeights = await WeightsAsync(spec, choice, weights, ct);
+                    decisions[key] = decision = await DecideAsync(spec, choice, datasets, trialWeights.Hash, similarity ?? new DomainSimilarityProbe(null), ct);
+                }
+                choice = choice with { Strategy = decision.Pick.Strategy, Cutoff = decision.Pick.Cutoff };
+            }
             try
             {
                 TrialPlanner.Check(spec, choice);
@@ -59,8 +83,8 @@ public static class SweepPlanner
             {
                 IReadOnlyDictionary<string, object> mine = SweepSpec.Params(choice), theirs = SweepSpec.Params(same.Choice);
                 string[] differing = [.. TrialPlanner.UnusedFields(choice).Where(f => !Equals(mine.GetValueOrDefault(f), theirs.GetValueOrDefault(f)))];
-                skipped.Add(new SkippedConfiguration(configuration, choice,
-                    $"the same trial as configuration {same.Configuration}: {choice.Strategy} does not use {string.Join(", ", differing)}"));
+                string why = differing.Length > 0 ? $"{choice.Strategy} does not use {string.Join(", ", differing)}" : $"strategy auto chose {choice.Strategy}{(choice.Cutoff is null ? "" : $" at {choice.Cutoff}")}";
+                skipped.Add(new SkippedConfiguration(configuration, choice, $"the same trial as configuration {same.Configuration}: {why}"));
                 continue;
             }
             identities[identity] = (configuration, choice);
@@ -72,9 +96,8 @@ public static class SweepPlanner
             throw skipped.Count == 1 ? new SpecException(skipped[0].Reason) : new SpecException($"no trial of the {skipped.Count} the spec describes can train; the first: {skipped[0].Reason}");
         }
 
-        TrialDatasets datasets = await scanDatasets(ct);
+        datasets ??= await scanDatasets(ct);
         var layers = new Dictionary<(string Model, string Tap), string>();
-        var weights = new Dictionary<(string Model, string? File), TrialWeights>();
         var trials = new List<SweepTrialLayout>();
         foreach ((int configuration, TrialChoice choice) in kept)
         {
@@ -88,7 +111,43 @@ public static class SweepPlanner
                 .ToList();
             trials.Add(new SweepTrialLayout(trials.Count, configuration, choice, trialWeights, features));
         }
-        return new SweepLayout(search, datasets, trials, skipped);
+        return new SweepLayout(search, datasets, trials, skipped) { AutoDecisions = [.. decisions.Values] };
+    }
+
+    /// <summary>
+    /// One cell of the decision table for a model and its weights: the training set's images per class and its
+    /// similarity (the spec's `auto.similarity`, else measured). A network without batch norms cannot be measured: the
+    /// spec's error, naming the strategy's line (random weights without a given similarity the parser has refused).
+    /// </summary>
+    private static async Task<AutoDecision> DecideAsync(SweepSpec spec, TrialChoice choice, TrialDatasets datasets, string weightsHash,
+        DomainSimilarityProbe probe, CancellationToken ct)
+    {
+        int line = spec.Strategy.Line;
+        (int trainImages, int classes, double perClass) = AutoStrategy.Size(spec, datasets);
+        SimilarityMeasurement? measurement = null;
+        bool cached = false;
+        double score;
+        if (spec.Auto.Similarity is double given)
+        {
+            score = given;
+        }
+        else
+        {
+            try
+            {
+                (measurement, cached) = await probe.MeasureAsync(choice, datasets.Train, weightsHash, ct);
+            }
+            catch (InvalidDataException e)
+            {
+                throw new SpecException($"{spec.Source} line {spec.Dataset.Line}: dataset.train '{spec.Dataset.Train.Text}': strategy auto's similarity sample: {e.Message}", e);
+            }
+            score = measurement?.Score ?? throw new SpecException(
+                $"{spec.Source} line {line}: strategy auto cannot measure similarity on {choice.Model}: it has no batch norm, whose recorded statistics the measure compares with; " +
+                "set auto.similarity (e.g. 1 for similar, 0 for different), or name a strategy");
+        }
+        AutoPick pick = AutoStrategy.Decide(perClass, score, spec.Auto, ModelCatalog.Find(choice.Model));
+        return new AutoDecision(choice.Model, choice.Weights.Text, ModelCatalog.Find(choice.Model).InputSize, trainImages, classes, perClass, score, measurement, cached,
+            spec.Auto.SimilarAbove, spec.Auto.BigFrom, pick);
     }
 
     /// <summary>What a trial's messages name as its weights before staging: builtin, random, or the file (staged later, its path replaced).</summary>

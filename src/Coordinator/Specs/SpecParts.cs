@@ -48,3 +48,26 @@ public sealed record BudgetSpec(long? StorageBytes, TimeSpan? WallTime, int Line
     /// </summary>
     public string Activations { get; init; } = "fp32";
 }
+
+/// <summary>
+/// `auto`: the thresholds `strategy: auto` decides with (docs/architecture.md, "Strategy auto"). The defaults are the
+/// calibrated ones; a spec overrides them, or gives the similarity itself (then nothing is measured: the escape for a
+/// network without batch norms, or for data the user knows).
+/// </summary>
+/// <param name="SimilarAbove">Data is similar to the pretraining domain when its measured score is above this (0-1).</param>
+/// <param name="BigFrom">Data is big from this many training images per class (after the validation split).</param>
+/// <param name="Similarity">A similarity score given by the spec instead of measured; null: measure it.</param>
+/// <param name="Line">The `auto` field's line; 0 when the spec has none.</param>
+public sealed record AutoSpec(double SimilarAbove, int BigFrom, double? Similarity, int Line)
+{
+    /// <summary>Between the scores of natural photos and of Fashion-MNIST on resnet18-imagenet (docs/architecture.md has the figures).</summary>
+    public const double DefaultSimilarAbove = 0.88;
+
+    /// <summary>
+    /// Above the reference's "small data" (cats_and_dogs_small: 1,000 training images per class, the Keras example the
+    /// slides are built on) and at ImageNet-1k's ~1,281 per class, on which these networks are trained from scratch.
+    /// </summary>
+    public const int DefaultBigFrom = 1200;
+
+    public static AutoSpec Default { get; } = new(DefaultSimilarAbove, DefaultBigFrom, null, 0);
+}

@@ -82,6 +82,9 @@ public sealed record SweepSpec
 
     public required BudgetSpec Budget { get; init; }
 
+    /// <summary>`strategy: auto`'s thresholds (the defaults when the spec has no `auto`).</summary>
+    public AutoSpec Auto { get; init; } = AutoSpec.Default;
+
     /// <summary>
     /// Parses and checks a spec. Relative paths (dataset, weights files) are taken from <paramref name="baseDirectory"/>,
     /// the spec file's folder (default: the current directory). Throws <see cref="SpecException"/> at the first problem.

@@ -17,7 +17,7 @@ internal sealed partial class SweepSpecParser
     [
         "name", "dataset", "model", "weights", "input_size", "strategy", "cutoff", "head", "lr", "backbone_lr_scale",
         "optimizer", "schedule", "epochs", "batch_size", "augment", "precision", "seed", "patience", "head_epochs",
-        "step_epochs", "step_gamma", "segment_epochs", "search", "metric", "parallelism", "budget",
+        "step_epochs", "step_gamma", "segment_epochs", "search", "metric", "parallelism", "budget", "auto",
     ];
 
     private static readonly string[] s_datasetFields = ["train", "validation", "test"];
@@ -25,6 +25,7 @@ internal sealed partial class SweepSpecParser
     private static readonly string[] s_searchFields = ["method", "trials", "min_epochs", "reduction"];
     private static readonly string[] s_metricFields = ["name", "mode"];
     private static readonly string[] s_budgetFields = ["storage", "wall_time", "activations"];
+    private static readonly string[] s_autoFields = ["similar_above", "big_from", "similarity"];
     private static readonly string[] s_activationDtypes = ["fp32", "bf16", "fp16", "auto"];
     private static readonly string[] s_distributions = ["uniform", "log_uniform", "choice"];
 
@@ -92,9 +93,11 @@ internal sealed partial class SweepSpecParser
             Metric = ReadMetric(top),
             Parallelism = Plain(top, "parallelism", atLeastOne, 1),
             Budget = ReadBudget(top),
+            Auto = ReadAuto(top),
         };
         CheckWeights(spec);
         CheckCutoffs(spec);
+        CheckAuto(spec);
         return spec;
     }
 
@@ -481,6 +484,21 @@ internal sealed partial class SweepSpecParser
         };
     }
 
+    private AutoSpec ReadAuto(Dictionary<string, Entry> top)
+    {
+        if (!top.TryGetValue("auto", out Entry entry))
+        {
+            return AutoSpec.Default;
+        }
+        Dictionary<string, Entry> fields = Fields(Mapping(entry, "auto", "{similar_above: 0.88, big_from: 1200}"), "auto", s_autoFields);
+        ReadScalar<double> score = Number(v => v is >= 0 and <= 1, "must be a similarity score from 0 to 1");
+        return new AutoSpec(
+            PlainOrDefault(fields, "similar_above", "auto.similar_above", score) ?? AutoSpec.DefaultSimilarAbove,
+            PlainOrDefault(fields, "big_from", "auto.big_from", Integer(1, int.MaxValue, "must be a whole number of training images per class, at least 1")) ?? AutoSpec.DefaultBigFrom,
+            PlainOrDefault(fields, "similarity", "auto.similarity", score),
+            entry.Line);
+    }
+
     private string ActivationDtype(YamlScalarNode scalar) =>
         s_activationDtypes.Contains(scalar.Value, StringComparer.Ordinal)
             ? scalar.Value!
@@ -602,6 +620,36 @@ internal sealed partial class SweepSpecParser
                         $"of it; give an earlier cutoff (e.g. {(ModelCatalog.Find(model).Family == "resnet" ? SweepSpec.ResNetFineTuneTopCutoff : "a block's pool")}), or strategy feature-extractor");
                 }
             }
+        }
+    }
+
+    /// <summary>
+    /// `auto` only with `strategy: auto`; auto compares the data with what pretrained weights learnt on, so random
+    /// weights need the similarity given; and auto chooses the cutoff itself, so a spec whose every strategy is auto
+    /// has no cutoff to give.
+    /// </summary>
+    private void CheckAuto(SweepSpec spec)
+    {
+        int auto = spec.Strategy.Values.ToList().IndexOf(SpecNames.Auto);
+        if (auto < 0)
+        {
+            if (spec.Auto.Line > 0)
+            {
+                throw new SpecException($"{_source} line {spec.Auto.Line}: auto sets the thresholds of strategy auto, which no strategy of the spec is; remove it, or add auto to strategy");
+            }
+            return;
+        }
+        int strategyLine = spec.Strategy.Lines[auto];
+        if (spec.Auto.Similarity is null && spec.Weights.Values.Any(w => w.Kind == SpecWeightsKind.Random))
+        {
+            throw new SpecException(
+                $"{_source} line {spec.Weights.Line}: weights random with strategy auto (line {strategyLine}): auto compares the data with the domain the weights " +
+                "were pretrained on, and random weights have none; give weights builtin or a file, or auto.similarity");
+        }
+        if (spec.Cutoff is not null && spec.Strategy.Values.All(s => s == SpecNames.Auto))
+        {
+            throw new SpecException(
+                $"{_source} line {spec.Cutoff.Line}: cutoff with strategy auto (line {strategyLine}): auto chooses the cutoff from the decision table; remove cutoff, or name a strategy");
         }
     }
 

@@ -44,7 +44,9 @@ public sealed class SweepPlanCommand : AsyncCommand<SweepPlanSettings>
             throw new ClusterConfigurationException($"spec '{settings.Spec}' does not exist.");
         }
         SweepSpec spec = SweepSpec.Load(settings.Spec);
-        SweepLayout layout = await SweepPlanner.LayoutAsync(spec, c => SpecDatasets.ScanAsync(spec, store: null, c), cancellationToken);
+        // The similarity auto measures is cached under the storage root (the only thing a plan writes), so a second plan reads it back.
+        SweepLayout layout = await SweepPlanner.LayoutAsync(spec, c => SpecDatasets.ScanAsync(spec, store: null, c), cancellationToken,
+            new DomainSimilarityProbe(new Cluster.Storage.Files.FileStore(cli.Settings.StorageRoot)));
         // As `sweep run` decides it: which prefixes are stored and which each trial recomputes, under the budget.
         MaterializationPlan storage = await SweepLauncher.PlanStorageAsync(cli, spec, layout, cancellationToken);
         layout = storage.Apply(layout);
@@ -105,7 +107,10 @@ public sealed class SweepPlanCommand : AsyncCommand<SweepPlanSettings>
             [.. storage.Decisions.Select(d => new PrefixDecisionView(d.Prefix.KeyAt(d.Dtype), d.Prefix.Layer, d.Prefix.Pooling, d.Prefix.DatasetId, d.Prefix.Trials,
                 d.Action.ToString().ToLowerInvariant(), d.Dtype, d.Prefix.BytesAt(d.Dtype), d.StoreImages, d.RecomputeImages, d.Reason))],
             [.. storage.Evictions.Select(e => new EvictionView(e.Key, e.Bytes, e.LastUsedAt))]);
-        var plan = new SweepPlanView(spec.Name, spec.Search.Method, trials.Count, spec.Parallelism, rungs, trials, skipped, [.. sets.Values], cost, storageView);
+        var auto = layout.AutoDecisions.Select(d => new AutoDecisionView(d.Model, d.Weights, d.InputSize, d.TrainImages, d.Classes, d.ImagesPerClass,
+            d.Similarity, d.Measurement is null ? "given by auto.similarity" : "batch-norm statistics: KL of sample against recorded, averaged over channels and layers; score exp(-divergence)",
+            d.Measurement?.Images, d.Measurement?.Layers, d.Measurement?.Divergence, d.Cached, d.SimilarAbove, d.BigFrom, d.Pick.Cell, d.Pick.Strategy, d.Pick.Cutoff, d.Reason)).ToList();
+        var plan = new SweepPlanView(spec.Name, spec.Search.Method, trials.Count, spec.Parallelism, rungs, trials, skipped, [.. sets.Values], cost, storageView, auto);
 
         if (settings.Format == OutputFormat.Json)
         {
@@ -122,6 +127,11 @@ public sealed class SweepPlanCommand : AsyncCommand<SweepPlanSettings>
         string[] varying = [.. spec.Hyperparameters.Where(v => !v.IsSingle).Select(v => v.Field)];
         string rungs = plan.Rungs is null ? "" : $", rungs at {string.Join(", ", plan.Rungs)} epochs";
         AnsiConsole.MarkupLine(Markup.Escape($"sweep {plan.Sweep}: {plan.Method} search, {plan.TrialCount} trials, {plan.Parallelism} at a time{rungs}"));
+        foreach (AutoDecisionView d in plan.Auto)
+        {
+            // Plain, unwrapped: one line that can be read (and grepped) whole, as `sweep run` logs it.
+            Console.Out.WriteLine(d.Reason);
+        }
         var trials = new Table().Border(TableBorder.Rounded).AddColumn("trial");
         foreach (string field in varying)
         {
@@ -201,7 +211,13 @@ public sealed class SweepPlanCommand : AsyncCommand<SweepPlanSettings>
     }
 
     private sealed record SweepPlanView(string Sweep, string Method, int TrialCount, int Parallelism, IReadOnlyList<int>? Rungs,
-        IReadOnlyList<PlannedTrialView> Trials, IReadOnlyList<SkippedTrialView> Skipped, IReadOnlyList<FeatureSetView> FeatureSets, PlanCost Cost, StorageView Storage);
+        IReadOnlyList<PlannedTrialView> Trials, IReadOnlyList<SkippedTrialView> Skipped, IReadOnlyList<FeatureSetView> FeatureSets, PlanCost Cost, StorageView Storage,
+        IReadOnlyList<AutoDecisionView> Auto);
+
+    /// <summary>One `strategy: auto` decision: the data's size and similarity, how it was measured, the thresholds, the cell and the pick.</summary>
+    private sealed record AutoDecisionView(string Model, string Weights, int InputSize, int TrainImages, int Classes, double ImagesPerClass, double Similarity,
+        string Measure, int? SampleImages, int? BatchNorms, double? Divergence, bool Cached, double SimilarAbove, int BigFrom, string Cell, string Strategy,
+        string? Cutoff, string Reason);
 
     private sealed record StorageView(long? BudgetBytes, long UsedBytes, long NewBytes, string Activations, IReadOnlyList<PrefixDecisionView> Decisions, IReadOnlyList<EvictionView> Evictions);
 
