@@ -12,7 +12,7 @@ namespace Cluster.IntegrationTests;
 /// Sweeps in the coordinator service on real processes (RabbitMQ, PostgreSQL, `coordinator serve`, two `gpu-worker`s):
 /// the service killed with SIGKILL mid-sweep and started again finishes every trial, none lost and none trained twice;
 /// two sweeps at once share the workers; cancel stops one sweep's dispatching while the other goes on, and resume
-/// continues it to the end.
+/// continues it to the end; trials on a frozen prefix wait for its extraction in the service while the others train.
 /// </summary>
 public sealed class SweepServiceTests : IAsyncLifetime
 {
@@ -171,5 +171,50 @@ public sealed class SweepServiceTests : IAsyncLifetime
             DateTime firstEnded = (await SweepAsync(a))!.CompletedAt!.Value;
             (await db.Trials.AsNoTracking().Where(t => t.SweepId == b).MinAsync(t => t.StartedAt)).ShouldNotBeNull().ShouldBeLessThan(firstEnded);
         }
+    }
+
+    [Fact]
+    public async Task Trials_on_a_prefix_wait_in_the_service_until_its_features_are_complete_while_the_others_train()
+    {
+        string images = Path.Combine(_cluster.StorageRoot, "..", $"images-{_cluster.Name}");
+        StripeImages.Write(Path.Combine(images, "train"), perClass: 16);
+        string spec = Path.Combine(images, "prefix.yaml");
+        // Feature-extractor trials need layer3's features (extracted by the service after submission); from-scratch
+        // trials need none, so they are sent at once.
+        File.WriteAllText(spec, """
+            name: prefix
+            dataset:
+              train: train
+              validation: 0.25
+            model: resnet18
+            weights: random
+            input_size: 32
+            strategy: [feature-extractor, from-scratch]
+            cutoff: layer3
+            head: logistic
+            lr: [0.01, 0.02]
+            optimizer: sgd
+            epochs: 1
+            batch_size: 8
+            seed: 9
+            parallelism: 2
+            """);
+        _cluster.Coordinator("serve", "--cluster");
+        _cluster.Worker("--device", "cpu", "--id", "a-" + _cluster.Name);
+        _cluster.Worker("--device", "cpu", "--id", "b-" + _cluster.Name);
+        Guid sweepId = await SubmitAsync(spec);
+
+        await WaitForStatusAsync(sweepId, SweepStatus.Completed, "the sweep to complete");
+        await using var db = _cluster.Database();
+        List<TrialRecord> trials = await db.Trials.AsNoTracking().Where(t => t.SweepId == sweepId).ToListAsync();
+        trials.Count.ShouldBe(3, "feature-extractor with logistic ignores lr: one trial, and two from scratch");
+        trials.ShouldAllBe(t => t.Status == TrialStatus.Completed && t.DispatchedSegment == null);
+        TrialRecord head = trials.Single(t => t.Strategy == "feature-extractor");
+        FeatureSetRecord set = await db.FeatureSets.AsNoTracking().SingleAsync(f => f.Key == head.PrefixKey);
+        set.Status.ShouldBe(FeatureSetStatus.Complete);
+        SegmentRecord headSegment = await db.Segments.AsNoTracking().SingleAsync(s => s.TrialId == head.Id);
+        // It was sent only once the service had marked its set complete (the submission did not wait for it).
+        headSegment.StartedAt.ShouldNotBeNull().ShouldBeGreaterThanOrEqualTo(set.CompletedAt.ShouldNotBeNull());
+        (await db.FeatureShards.AsNoTracking().CountAsync(f => f.FeatureSetKey == set.Key)).ShouldBe(set.ShardCount, "each shard extracted once");
     }
 }
