@@ -6,17 +6,21 @@
 # 0.003, 0.01} x weight decay {0, 1e-4}, 3 epochs (fine-tune-top: 1 of them the head alone). Each run embedded (one
 # in-process worker) in its own fresh storage; wall = the whole `sweep run` command. Prints both walls, their ratio,
 # and how far the two runs' results differ (per trial, matched by its parameters). Needs: dotnet build -c Release.
+# `--grid heads` runs a second sweep of 24 trials where the frozen work is nearly all the work: feature-extractor (mlp
+# head) x cutoff {layer2, layer3, layer4, avgpool} x the same lr and weight decay.
 #
-#   bench/share_bench.sh [--reps 1] [--input-size 224] [--epochs 3]
+#   bench/share_bench.sh [--reps 1] [--input-size 224] [--epochs 3] [--grid mixed|heads]
 set -euo pipefail
 reps=1
 input_size=224
 epochs=3
+grid=mixed
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --reps) reps="$2"; shift 2 ;;
         --input-size) input_size="$2"; shift 2 ;;
         --epochs) epochs="$2"; shift 2 ;;
+        --grid) grid="$2"; shift 2 ;;
         *) echo "share_bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -27,6 +31,11 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/share-bench.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 cp -r "$repo/examples/fashion-sample" "$work/"
 export DOTNET_CLI_TELEMETRY_OPTOUT=1
+case "$grid" in
+    mixed) strategy_and_cutoff=$'strategy: [feature-extractor, fine-tune-top]\ncutoff: [layer3, layer4]' ;;
+    heads) strategy_and_cutoff=$'strategy: feature-extractor\ncutoff: [layer2, layer3, layer4, avgpool]' ;;
+    *) echo "share_bench.sh: --grid is mixed or heads, not $grid" >&2; exit 2 ;;
+esac
 cat > "$work/sweep.yaml" <<EOF
 name: share-bench
 dataset:
@@ -36,8 +45,7 @@ dataset:
 model: resnet18-imagenet
 weights: builtin
 input_size: $input_size
-strategy: [feature-extractor, fine-tune-top]
-cutoff: [layer3, layer4]
+$strategy_and_cutoff
 head: mlp
 lr: [0.001, 0.003, 0.01]
 optimizer: {name: sgd, momentum: 0.9, weight_decay: [0.0, 0.0001]}
