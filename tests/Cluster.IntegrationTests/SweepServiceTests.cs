@@ -28,8 +28,8 @@ public sealed class SweepServiceTests : IAsyncLifetime
 
     public async Task DisposeAsync() => await _cluster.DisposeAsync();
 
-    /// <summary>A grid of from-scratch trials over learning rates, one epoch a segment.</summary>
-    private string WriteSpec(string name, string lrs, int parallelism, int epochs)
+    /// <summary>A grid of trials over learning rates (from scratch unless <paramref name="strategy"/> says otherwise), one epoch a segment.</summary>
+    private string WriteSpec(string name, string lrs, int parallelism, int epochs, string strategy = "strategy: from-scratch")
     {
         string images = Path.Combine(_cluster.StorageRoot, "..", $"images-{_cluster.Name}");
         if (!Directory.Exists(Path.Combine(images, "train")))
@@ -45,7 +45,7 @@ public sealed class SweepServiceTests : IAsyncLifetime
             model: resnet18
             weights: random
             input_size: 32
-            strategy: from-scratch
+            {strategy}
             lr: {lrs}
             optimizer: sgd
             epochs: {epochs}
@@ -176,29 +176,10 @@ public sealed class SweepServiceTests : IAsyncLifetime
     [Fact]
     public async Task Trials_on_a_prefix_wait_in_the_service_until_its_features_are_complete_while_the_others_train()
     {
-        string images = Path.Combine(_cluster.StorageRoot, "..", $"images-{_cluster.Name}");
-        StripeImages.Write(Path.Combine(images, "train"), perClass: 16);
-        string spec = Path.Combine(images, "prefix.yaml");
         // Feature-extractor trials need layer3's features (extracted by the service after submission); from-scratch
         // trials need none, so they are sent at once.
-        File.WriteAllText(spec, """
-            name: prefix
-            dataset:
-              train: train
-              validation: 0.25
-            model: resnet18
-            weights: random
-            input_size: 32
-            strategy: [feature-extractor, from-scratch]
-            cutoff: layer3
-            head: logistic
-            lr: [0.01, 0.02]
-            optimizer: sgd
-            epochs: 1
-            batch_size: 8
-            seed: 9
-            parallelism: 2
-            """);
+        string spec = WriteSpec("prefix", "[0.01, 0.02]", parallelism: 2, epochs: 1,
+            strategy: "strategy: [feature-extractor, from-scratch]\ncutoff: layer3\nhead: logistic");
         _cluster.Coordinator("serve", "--cluster");
         _cluster.Worker("--device", "cpu", "--id", "a-" + _cluster.Name);
         _cluster.Worker("--device", "cpu", "--id", "b-" + _cluster.Name);
