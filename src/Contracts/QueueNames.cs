@@ -10,4 +10,23 @@ public static class QueueNames
 
     /// <summary>The coordinator service's queue for worker events (heartbeats, job outcomes).</summary>
     public const string Coordinator = "coordinator";
+
+    /// <summary>
+    /// The queue of one worker's directed segments: the trials whose frozen features it already holds in memory. A
+    /// message not taken within a few seconds (the worker busy, stopped or dead) moves on to <see cref="GpuWork"/>.
+    /// </summary>
+    /// <summary>How long a directed segment waits in its worker's queue (the queue's message TTL) before any worker may take it.</summary>
+    public static readonly TimeSpan DirectedWait = TimeSpan.FromSeconds(10);
+
+    public static string WorkerQueue(string workerId)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(workerId);
+        // Queue names allow more, but these characters read the same in every tool (rabbitmqctl, the management UI, URIs).
+        var name = new System.Text.StringBuilder(GpuWork.Length + 1 + workerId.Length).Append(GpuWork).Append('.');
+        foreach (char c in workerId)
+        {
+            name.Append(char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.' ? c : '_');
+        }
+        return name.ToString();
+    }
 }

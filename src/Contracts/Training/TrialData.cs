@@ -28,4 +28,7 @@ public sealed record TrialData
 
     /// <summary>fine-tune-top's stage 1: cached activations at the global pool (the new head's input), by dataset id.</summary>
     public IReadOnlyDictionary<string, string> HeadFeatures { get; init; } = new Dictionary<string, string>();
+
+    /// <summary>Every feature set the trial trains on, each once (a method, so it is not serialized with the record).</summary>
+    public IReadOnlyList<string> FeatureSetKeys() => [.. CutoffFeatures.Values.Concat(HeadFeatures.Values).Distinct(StringComparer.Ordinal)];
 }

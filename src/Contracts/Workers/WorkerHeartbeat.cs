@@ -30,4 +30,8 @@ public sealed record WorkerHeartbeat
 
     /// <summary>Bytes of those sets.</summary>
     public long ResidentFeatureBytes { get; init; }
+
+    /// <summary>The worker's own queue (<see cref="QueueNames.WorkerQueue"/>), where the coordinator sends it the segments
+    /// of the prefixes it holds; null where it has none (embedded, over the in-memory transport).</summary>
+    public string? DirectQueue { get; init; }
 }

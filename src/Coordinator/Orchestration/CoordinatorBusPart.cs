@@ -2,6 +2,8 @@ using Cluster.Contracts;
 using Cluster.Hosting;
 using MassTransit;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
 
 namespace Cluster.Coordinator.Orchestration;
 
@@ -10,6 +12,8 @@ public sealed class CoordinatorBusPart : IClusterBusPart
 {
     public void Register(IBusRegistrationConfigurator bus)
     {
+        // One per service: which worker holds which feature sets, from heartbeats and outcomes (see SegmentPlacement).
+        bus.TryAddSingleton(_ => new SegmentPlacement());
         bus.AddConsumer<WorkerRegistryConsumer>();
         bus.AddConsumer<TrialScheduler>();
         bus.AddConsumer<FeatureSetService>();

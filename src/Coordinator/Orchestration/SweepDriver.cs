@@ -400,7 +400,7 @@ public sealed class SweepDriver(ClusterDbContext db, FileStore store, ILogger lo
     private async Task<(bool Ready, string? Failure)> InputsAsync(TrialRecord trial, CancellationToken ct)
     {
         PlannedTrial plan = PlanOf(trial);
-        string[] keys = [.. plan.Data.CutoffFeatures.Values.Concat(plan.Data.HeadFeatures.Values).Distinct(StringComparer.Ordinal)];
+        IReadOnlyList<string> keys = plan.Data.FeatureSetKeys();
         string[] unknown = [.. keys.Where(k => !_inputs.ContainsKey(k))];
         if (unknown.Length > 0)
         {

@@ -17,17 +17,30 @@ namespace Cluster.Coordinator.Orchestration;
 /// which checks it against the recorded state, runs the sweep's search method and saves; the segments it asks for are
 /// sent after the save. Driven by events, never by polling; one event at a time (the coordinator queue's limit).
 /// </summary>
-public sealed class TrialScheduler(IDbContextFactory<ClusterDbContext> databases, ClusterRuntimeSettings settings, ILogger<TrialScheduler> logger) :
+public sealed class TrialScheduler(IDbContextFactory<ClusterDbContext> databases, ClusterRuntimeSettings settings, ILogger<TrialScheduler> logger,
+    SegmentPlacement? placement = null) :
     IConsumer<SubmitSweep>, IConsumer<SegmentCompleted>, IConsumer<SegmentFailed>, IConsumer<TrialProgress>,
     IConsumer<CancelSweep>, IConsumer<ResumeSweep>, IConsumer<RecoverSweeps>, IConsumer<FeatureSetSettled>
 {
     private static readonly JsonSerializerOptions s_json = new(JsonSerializerDefaults.Web);
 
+    // Without the service's placement (a test that drives the scheduler alone), every segment goes to the shared queue.
+    private readonly SegmentPlacement _placement = placement ?? new SegmentPlacement();
+
     public Task Consume(ConsumeContext<SubmitSweep> context) => DriveAsync(context, (d, ct) => d.SubmitAsync(context.Message, ct));
 
-    public Task Consume(ConsumeContext<SegmentCompleted> context) => DriveAsync(context, (d, ct) => d.SegmentCompletedAsync(context.Message, ct));
+    // The outcome frees its worker's lane first, so the trial's next segment can go back to the worker holding its features.
+    public Task Consume(ConsumeContext<SegmentCompleted> context)
+    {
+        _placement.Finished(context.Message.WorkerId, context.Message.TrialId, context.Message.Segment);
+        return DriveAsync(context, (d, ct) => d.SegmentCompletedAsync(context.Message, ct));
+    }
 
-    public Task Consume(ConsumeContext<SegmentFailed> context) => DriveAsync(context, (d, ct) => d.SegmentFailedAsync(context.Message, ct));
+    public Task Consume(ConsumeContext<SegmentFailed> context)
+    {
+        _placement.Finished(context.Message.WorkerId, context.Message.TrialId, context.Message.Segment);
+        return DriveAsync(context, (d, ct) => d.SegmentFailedAsync(context.Message, ct));
+    }
 
     public Task Consume(ConsumeContext<CancelSweep> context) => DriveAsync(context, (d, ct) => d.CancelAsync(context.Message.SweepId, ct));
 
@@ -89,15 +102,17 @@ public sealed class TrialScheduler(IDbContextFactory<ClusterDbContext> databases
         await SendAsync(context, sends);
     }
 
-    private static async Task SendAsync(ConsumeContext context, IReadOnlyList<TrainSegment> sends)
+    private async Task SendAsync(ConsumeContext context, IReadOnlyList<TrainSegment> sends)
     {
-        if (sends.Count == 0)
-        {
-            return;
-        }
-        ISendEndpoint queue = await context.GetSendEndpoint(ClusterBus.GpuWorkQueue);
         foreach (TrainSegment segment in sends)
         {
+            Uri address = _placement.Route(segment);
+            if (_placement.DirectedTo(segment.TrialId, segment.Segment) is string worker)
+            {
+                logger.LogInformation("Segment {Segment} of trial {Trial} sent to worker {Worker}, which holds its features in memory",
+                    segment.Segment, segment.TrialId, worker);
+            }
+            ISendEndpoint queue = await context.GetSendEndpoint(address);
             await queue.Send(segment, context.CancellationToken);
         }
     }

@@ -10,7 +10,7 @@ namespace Cluster.Coordinator.Orchestration;
 /// Keeps the `workers` table from what workers report about themselves. Workers state facts; the coordinator
 /// records them. Events older than what is recorded (redelivered or reordered) change nothing.
 /// </summary>
-public sealed class WorkerRegistryConsumer(IDbContextFactory<ClusterDbContext> databases) :
+public sealed class WorkerRegistryConsumer(IDbContextFactory<ClusterDbContext> databases, SegmentPlacement? placement = null) :
     IConsumer<WorkerStarted>, IConsumer<WorkerHeartbeat>, IConsumer<WorkerStopping>
 {
     public async Task Consume(ConsumeContext<WorkerStarted> context)
@@ -52,6 +52,8 @@ public sealed class WorkerRegistryConsumer(IDbContextFactory<ClusterDbContext> d
         {
             return;
         }
+        // What it holds and whether it is busy, for sending it the segments of its prefixes (see SegmentPlacement).
+        placement?.Heard(m);
         worker.Status = WorkerStatus.Alive;
         worker.LastHeartbeat = m.SentAt;
         worker.CurrentJob = m.CurrentJob;
@@ -64,6 +66,7 @@ public sealed class WorkerRegistryConsumer(IDbContextFactory<ClusterDbContext> d
     public async Task Consume(ConsumeContext<WorkerStopping> context)
     {
         WorkerStopping m = context.Message;
+        placement?.Stopped(m.WorkerId);
         await using ClusterDbContext db = await databases.CreateDbContextAsync(context.CancellationToken);
         WorkerRecord? worker = await db.Workers.FindAsync([m.WorkerId], context.CancellationToken);
         if (worker is null)

@@ -48,6 +48,7 @@ public sealed class HeartbeatService(
                     KernelCheck = kernels.Report is { Checked: > 0 } report ? report.Summary : null,
                     ResidentFeatureSets = residentFeatures?.Keys ?? [],
                     ResidentFeatureBytes = residentFeatures?.Bytes ?? 0,
+                    DirectQueue = identity.DirectQueue,
                 }, context => context.TimeToLive = interval * 3, stoppingToken);
             }
             catch (Exception e) when (e is not OperationCanceledException)

@@ -22,7 +22,9 @@ public static class WorkerServices
         {
             TorchSharp.torch.set_num_threads(options.TorchThreads);
         }
-        services.AddSingleton(WorkerIdentity.Create(options.Id, device));
+        services.AddSingleton(sp => WorkerIdentity.Create(options.Id, device,
+            directQueue: sp.GetRequiredService<ClusterRuntimeSettings>().Mode == RuntimeMode.Cluster));
+        services.AddSingleton(new JobLanes(1));
         services.AddSingleton(device);
         services.AddSingleton(LaneLayout.For(device, options.ForwardLanes, options.TorchThreads));
         services.AddSingleton(sp => new ForwardLanes(sp.GetRequiredService<LaneLayout>()));

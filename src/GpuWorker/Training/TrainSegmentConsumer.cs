@@ -18,7 +18,10 @@ public sealed class TrainSegmentConsumer(SegmentTrainer trainer, WorkerIdentity 
         TrainSegment job = context.Message;
         // Only a segment the coordinator sent again, or a message the broker or the retry filter delivers again, can
         // have been recorded already; a first delivery of a first send skips the lookup.
-        bool mayBeRecorded = job.Resent || context.ReceiveContext.Redelivered || context.GetRetryAttempt() > 0 || context.GetRedeliveryCount() > 0;
+        // So can a directed segment that moved on to the shared queue: dead-lettered (RabbitMQ's x-death) after its worker
+        // died with it unacknowledged, or passed on by a busy worker.
+        bool mayBeRecorded = job.Resent || context.ReceiveContext.Redelivered || context.GetRetryAttempt() > 0 || context.GetRedeliveryCount() > 0
+            || context.Headers.TryGetHeader("x-death", out _) || context.Headers.TryGetHeader(DirectedSegmentConsumer.PassedOnHeader, out _);
         return runner.RunAsync(SegmentTrainer.JobId(job), new WorkerJob<SegmentOutcome>(
             FindRecorded: ct => trainer.FindRecordedAsync(job, ct),
             Compute: ct => trainer.TrainAsync(job, progress => Publish(context, progress), ct),

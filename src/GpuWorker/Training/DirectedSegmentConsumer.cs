@@ -1,0 +1,39 @@
+using Cluster.Contracts.Training;
+using Cluster.GpuWorker.Hosting;
+using Cluster.Hosting;
+using MassTransit;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace Cluster.GpuWorker.Training;
+
+/// <summary>
+/// The worker's own queue: segments the coordinator sent here because this worker holds their frozen features in
+/// memory. A directed segment runs only on a free lane; if this worker is busy (it took a job from the shared queue
+/// meanwhile) the segment is passed on to the shared queue at once, where any idle worker takes it. Locality is a
+/// preference and never a wait: no trial queues behind a busy worker while another is idle.
+/// </summary>
+public sealed class DirectedSegmentConsumer(JobLanes lanes, IServiceProvider services, WorkerIdentity identity, ILogger<DirectedSegmentConsumer> logger)
+    : IConsumer<TrainSegment>
+{
+    /// <summary>A header on a segment passed on: whoever takes it checks whether it is recorded already.</summary>
+    public const string PassedOnHeader = "Cluster-Passed-On-By";
+
+    public async Task Consume(ConsumeContext<TrainSegment> context)
+    {
+        using IDisposable? lane = lanes.TryTake();
+        if (lane is null)
+        {
+            TrainSegment job = context.Message;
+            logger.LogInformation("Segment {Segment} of trial {Trial} was sent here for its features, but this worker is busy: passed on to the {Queue} queue",
+                job.Segment, job.TrialId, Contracts.QueueNames.GpuWork);
+            ISendEndpoint shared = await context.GetSendEndpoint(ClusterBus.GpuWorkQueue);
+            // Sent before this delivery is acknowledged: a crash in between leaves two copies, and the second finds the
+            // segment recorded (at-least-once, as every redelivery).
+            await shared.Send(job, send => send.Headers.Set(PassedOnHeader, identity.WorkerId), context.CancellationToken);
+            return;
+        }
+        // Resolved only when it runs here (from the consumer's scope): a segment passed on needs none of the trainer.
+        await services.GetRequiredService<TrainSegmentConsumer>().Consume(context);
+    }
+}
