@@ -85,7 +85,7 @@ public static class CoordinatorCli
                 .WithExample("selftest")
                 .WithExample("selftest", "--cluster", "--format", "json");
             c.AddCommand<ServeCommand>("serve")
-                .WithDescription("Run the coordinator service: records worker heartbeats, schedules sweeps from the workers' events, continues unfinished sweeps after a restart.");
+                .WithDescription("Run the coordinator service: records worker heartbeats, schedules sweeps from the workers' events (a segment goes to the worker holding its features in memory; Coordinator__Locality=false: all to the shared queue), continues unfinished sweeps after a restart.");
             c.AddCommand<WorkersCommand>("workers")
                 .WithDescription("List live workers from their heartbeats.");
             c.AddCommand<ExtractCommand>("extract")

@@ -2,6 +2,7 @@ using Cluster.Contracts;
 using Cluster.Hosting;
 using MassTransit;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 
@@ -13,7 +14,8 @@ public sealed class CoordinatorBusPart : IClusterBusPart
     public void Register(IBusRegistrationConfigurator bus)
     {
         // One per service: which worker holds which feature sets, from heartbeats and outcomes (see SegmentPlacement).
-        bus.TryAddSingleton(_ => new SegmentPlacement());
+        bus.TryAddSingleton(sp => new SegmentPlacement(
+            enabled: sp.GetService<IConfiguration>()?.GetValue(SegmentPlacement.SettingKey, true) ?? true));
         bus.AddConsumer<WorkerRegistryConsumer>();
         bus.AddConsumer<TrialScheduler>();
         bus.AddConsumer<FeatureSetService>();

@@ -14,12 +14,17 @@ namespace Cluster.Coordinator.Orchestration;
 /// One coordinator service, one event at a time (its queue's limit): the state lives here, in memory, and is rebuilt
 /// from heartbeats within seconds of a restart.
 /// </summary>
-public sealed class SegmentPlacement(TimeProvider? clock = null, TimeSpan? lostAfter = null)
+public sealed class SegmentPlacement(TimeProvider? clock = null, TimeSpan? lostAfter = null, bool enabled = true)
 {
+    /// <summary>`Coordinator:Locality` (default true): false sends every segment to the shared queue, as before locality
+    /// (for measuring what it saves, or for a broker whose policies forbid per-worker queues).</summary>
+    public const string SettingKey = "Coordinator:Locality";
+
     private readonly TimeProvider _clock = clock ?? TimeProvider.System;
     private readonly TimeSpan _lostAfter = lostAfter ?? TimeSpan.FromSeconds(15);
     private readonly Dictionary<string, WorkerView> _workers = new(StringComparer.Ordinal);
     private readonly Dictionary<(Guid Trial, int Segment), Placed> _inFlight = [];
+    private readonly Dictionary<Guid, string> _failedOn = [];
     private readonly object _gate = new();
 
     /// <summary>Segments sent to a worker's own queue, and to the shared queue, since the service started.</summary>
@@ -63,11 +68,20 @@ public sealed class SegmentPlacement(TimeProvider? clock = null, TimeSpan? lostA
     }
 
     /// <summary>A segment's outcome (completed or failed) from <paramref name="workerId"/>: its lane is free, and it holds
-    /// the sets the segment trained on (until its memory budget evicts them, which its next heartbeat says).</summary>
-    public void Finished(string? workerId, Guid trialId, int segment)
+    /// the sets the segment trained on (until its memory budget evicts them, which its next heartbeat says). After a
+    /// failure the trial's retry is not sent back to that worker: a failure is tried again elsewhere where it can be.</summary>
+    public void Finished(string? workerId, Guid trialId, int segment, bool failed = false)
     {
         lock (_gate)
         {
+            if (failed && workerId is not null)
+            {
+                _failedOn[trialId] = workerId;
+            }
+            else
+            {
+                _failedOn.Remove(trialId);
+            }
             if (!_inFlight.Remove((trialId, segment), out Placed? placed))
             {
                 return;
@@ -104,8 +118,9 @@ public sealed class SegmentPlacement(TimeProvider? clock = null, TimeSpan? lostA
             DateTime now = Now;
             ForgetStale(now);
             // A trial that trains from images has nothing in memory to go back to: any worker is as good.
-            WorkerView? chosen = keys.Count == 0 ? null : _workers.Values
-                .Where(w => w.DirectQueue is not null && now - w.HeardAt <= _lostAfter && w.DirectedAt is null && w.BusyWith is null
+            string? failedOn = _failedOn.GetValueOrDefault(segment.TrialId);
+            WorkerView? chosen = keys.Count == 0 || !enabled ? null : _workers.Values
+                .Where(w => w.DirectQueue is not null && w.Id != failedOn && now - w.HeardAt <= _lostAfter && w.DirectedAt is null && w.BusyWith is null
                     && keys.All(k => w.Resident.Contains(k) || w.Learned.ContainsKey(k)))
                 // The one that finished last is the likeliest to be idle still; then by id, so the choice is reproducible.
                 .OrderByDescending(w => w.FinishedAt ?? DateTime.MinValue).ThenBy(w => w.Id, StringComparer.Ordinal)

@@ -38,7 +38,7 @@ public sealed class TrialScheduler(IDbContextFactory<ClusterDbContext> databases
 
     public Task Consume(ConsumeContext<SegmentFailed> context)
     {
-        _placement.Finished(context.Message.WorkerId, context.Message.TrialId, context.Message.Segment);
+        _placement.Finished(context.Message.WorkerId, context.Message.TrialId, context.Message.Segment, failed: true);
         return DriveAsync(context, (d, ct) => d.SegmentFailedAsync(context.Message, ct));
     }
 

@@ -25,8 +25,10 @@ public static class WorkerProgram
           Database__ConnectionString    PostgreSQL (Npgsql) connection string
           Cluster__StorageRoot          the shared storage folder
           Worker__HeartbeatSeconds      heartbeat interval (default 5)
+          Worker__FeatureMemoryMiB      feature sets kept in memory between jobs (default -1: a quarter of memory)
           Logging__Json                 JSON lines on stdout (default true)
 
+        Besides the shared queue, each worker takes from its own, gpu-work.<id>: the segments whose features it holds.
         On SIGTERM the worker stops taking jobs; an unfinished job goes back to the queue for another worker.
         """;
 

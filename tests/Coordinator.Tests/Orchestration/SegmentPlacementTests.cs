@@ -138,6 +138,33 @@ public sealed class SegmentPlacementTests
     }
 
     [Fact]
+    public void A_failed_segment_is_not_sent_back_to_the_worker_it_failed_on()
+    {
+        Heartbeat("a", resident: "layer3");
+        Heartbeat("b", resident: "layer3");
+        Guid trial = Guid.NewGuid();
+        _placement.Route(Segment(trial, 0, "layer3")).ShouldBe(Own("a"));
+        _placement.Finished("a", trial, 0, failed: true);
+        _placement.Route(Segment(trial, 0, "layer3")).ShouldBe(Own("b"), "the retry goes elsewhere");
+        _clock.Advance(TimeSpan.FromSeconds(1));
+        _placement.Finished("b", trial, 0);
+        _placement.Route(Segment(Guid.NewGuid(), 0, "layer3")).ShouldBe(Own("b"), "a new trial: both may take it, and b finished last");
+    }
+
+    [Fact]
+    public void Switched_off_it_sends_everything_to_the_shared_queue()
+    {
+        var off = new SegmentPlacement(_clock, enabled: false);
+        off.Heard(new WorkerHeartbeat
+        {
+            WorkerId = "a", Host = "h", Device = "cpu", Version = "1", SentAt = _clock.GetUtcNow().UtcDateTime,
+            ResidentFeatureSets = ["layer3"], DirectQueue = QueueNames.WorkerQueue("a"),
+        });
+        off.Route(Segment(Guid.NewGuid(), 0, "layer3")).ShouldBe(SegmentPlacement.SharedQueue);
+        off.Directed.ShouldBe(0);
+    }
+
+    [Fact]
     public void Worker_queue_names_keep_to_safe_characters()
     {
         QueueNames.WorkerQueue("gpu-node-3.example_1").ShouldBe("gpu-work.gpu-node-3.example_1");
