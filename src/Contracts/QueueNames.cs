@@ -11,13 +11,14 @@ public static class QueueNames
     /// <summary>The coordinator service's queue for worker events (heartbeats, job outcomes).</summary>
     public const string Coordinator = "coordinator";
 
-    /// <summary>
-    /// The queue of one worker's directed segments: the trials whose frozen features it already holds in memory. A
-    /// message not taken within a few seconds (the worker busy, stopped or dead) moves on to <see cref="GpuWork"/>.
-    /// </summary>
     /// <summary>How long a directed segment waits in its worker's queue (the queue's message TTL) before any worker may take it.</summary>
     public static readonly TimeSpan DirectedWait = TimeSpan.FromSeconds(10);
 
+    /// <summary>
+    /// The queue of one worker's directed segments: the trials whose frozen features it already holds in memory. A
+    /// message its worker does not take within <see cref="DirectedWait"/> (stopped or dead) moves on to
+    /// <see cref="GpuWork"/>; a busy worker passes it on at once.
+    /// </summary>
     public static string WorkerQueue(string workerId)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(workerId);

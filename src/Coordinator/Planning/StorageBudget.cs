@@ -111,8 +111,7 @@ public static class StorageBudget
         {
             if (plan is not null && JsonSerializer.Deserialize<PlannedTrial>(plan, s_json)?.Data is TrialData data)
             {
-                pinned.UnionWith(data.CutoffFeatures.Values);
-                pinned.UnionWith(data.HeadFeatures.Values);
+                pinned.UnionWith(data.FeatureSetKeys());
             }
         }
         return new StorageFacts(stored, pinned);
