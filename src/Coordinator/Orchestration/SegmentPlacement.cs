@@ -146,7 +146,7 @@ public sealed class SegmentPlacement(TimeProvider? clock = null, TimeSpan? lostA
         }
     }
 
-    public static Uri SharedQueue { get; } = new($"queue:{QueueNames.GpuWork}");
+    public static Uri SharedQueue => Hosting.ClusterBus.GpuWorkQueue;
 
     /// <summary>
     /// A worker's own queue, addressed through its exchange: sending declares only the exchange (as the worker declared
