@@ -31,6 +31,10 @@ public sealed record TrainSegment
     /// first time, skips that lookup (one database round trip less on every dispatch).
     /// </summary>
     public bool Resent { get; init; }
+
+    /// <summary>The job's name while a worker runs it (its heartbeats' current job), which the coordinator matches
+    /// against the segment's outcome (a method, so it is not serialized with the record).</summary>
+    public string JobId() => $"train/{TrialId}/{Segment}";
 }
 
 /// <summary>Worker → coordinator: a segment is trained, checkpointed and recorded (also sent again for a segment found already done).</summary>

@@ -125,7 +125,7 @@ public sealed class SegmentPlacement(TimeProvider? clock = null, TimeSpan? lostA
                 // The one that finished last is the likeliest to be idle still; then by id, so the choice is reproducible.
                 .OrderByDescending(w => w.FinishedAt ?? DateTime.MinValue).ThenBy(w => w.Id, StringComparer.Ordinal)
                 .FirstOrDefault();
-            _inFlight[(segment.TrialId, segment.Segment)] = new Placed(keys, chosen?.Id, $"train/{segment.TrialId}/{segment.Segment}", now);
+            _inFlight[(segment.TrialId, segment.Segment)] = new Placed(keys, chosen?.Id, segment.JobId(), now);
             if (chosen is null)
             {
                 Shared++;

@@ -60,7 +60,7 @@ public sealed class SegmentTrainer(
 {
     private readonly CheckpointStore _checkpoints = new(store);
 
-    public static string JobId(TrainSegment job) => $"train/{job.TrialId}/{job.Segment}";
+    public static string JobId(TrainSegment job) => job.JobId();
 
     public async Task<SegmentOutcome?> FindRecordedAsync(TrainSegment job, CancellationToken ct)
     {
