@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using Cluster.Contracts;
 using Cluster.IntegrationTests.Support;
 using Cluster.Storage.Database.Entities;
 using Cluster.TestSupport.Training;
@@ -12,7 +13,9 @@ namespace Cluster.IntegrationTests;
 /// Sweeps in the coordinator service on real processes (RabbitMQ, PostgreSQL, `coordinator serve`, two `gpu-worker`s):
 /// the service killed with SIGKILL mid-sweep and started again finishes every trial, none lost and none trained twice;
 /// two sweeps at once share the workers; cancel stops one sweep's dispatching while the other goes on, and resume
-/// continues it to the end; trials on a frozen prefix wait for its extraction in the service while the others train.
+/// continues it to the end; trials on a frozen prefix wait for its extraction in the service while the others train;
+/// segments of one prefix go to the worker holding its features, and what was sent to a killed worker moves on to the
+/// other.
 /// </summary>
 public sealed class SweepServiceTests : IAsyncLifetime
 {
@@ -74,21 +77,38 @@ public sealed class SweepServiceTests : IAsyncLifetime
     private Task WaitForStatusAsync(Guid id, SweepStatus status, string what) =>
         Eventually.WaitAsync(async () => (await SweepAsync(id))?.Status == status, s_deadline, what);
 
-    /// <summary>Every trial ended completed, with exactly one segment per epoch and one metric row per epoch and split.</summary>
-    private async Task ShouldHaveTrainedEachTrialOnceAsync(Guid sweepId, int trials, int epochs)
+    /// <summary>Every trial ended completed, with exactly one segment per epoch and one metric row per epoch and split.
+    /// Returns the segments, in the order they started.</summary>
+    private async Task<List<SegmentRecord>> ShouldHaveTrainedEachTrialOnceAsync(Guid sweepId, int trials, int epochs)
     {
         await using var db = _cluster.Database();
         List<TrialRecord> recorded = await db.Trials.AsNoTracking().Where(t => t.SweepId == sweepId).ToListAsync();
         recorded.Count.ShouldBe(trials);
         recorded.ShouldAllBe(t => t.Status == TrialStatus.Completed && t.Epoch == epochs - 1 && t.CompletedSegments == epochs && t.DispatchedSegment == null);
         Guid[] ids = [.. recorded.Select(t => t.Id)];
-        List<SegmentRecord> segments = await db.Segments.AsNoTracking().Where(s => ids.Contains(s.TrialId)).ToListAsync();
+        List<SegmentRecord> segments = await db.Segments.AsNoTracking().Where(s => ids.Contains(s.TrialId)).OrderBy(s => s.StartedAt).ToListAsync();
         segments.GroupBy(s => s.TrialId).ShouldAllBe(g => g.Select(s => s.Index).Order().SequenceEqual(Enumerable.Range(0, epochs)));
         segments.ShouldAllBe(s => s.Status == SegmentStatus.Completed);
         List<EpochMetricRecord> metrics = await db.EpochMetrics.AsNoTracking().Where(m => ids.Contains(m.TrialId)).ToListAsync();
         metrics.Count.ShouldBe(trials * epochs * 2, "train and validation rows for each epoch");
         metrics.GroupBy(m => (m.TrialId, m.Epoch, m.Split)).ShouldAllBe(g => g.Count() == 1);
+        return segments;
     }
+
+    /// <summary>Both workers' own queues exist with a consumer: a directed segment has somewhere to go from the start.</summary>
+    private async Task WaitForOwnQueuesAsync(params string[] workers)
+    {
+        foreach (string worker in workers)
+        {
+            await Eventually.WaitAsync(async () => (await _cluster.QueueAsync(QueueNames.WorkerQueue(worker)))?.Consumers == 1,
+                s_deadline, $"worker {worker}'s own queue to have its consumer");
+        }
+    }
+
+    /// <summary>fine-tune-top at layer3 (its features materialized), one trial at a time: each segment after the first can
+    /// go back to the worker holding layer3's features.</summary>
+    private string WriteLocalitySpec(string name) =>
+        WriteSpec(name, "[0.01, 0.02]", parallelism: 1, epochs: 4, strategy: "strategy: fine-tune-top\ncutoff: layer3");
 
     private static async Task KillAsync(ClusterProcess process)
     {
@@ -197,5 +217,62 @@ public sealed class SweepServiceTests : IAsyncLifetime
         // It was sent only once the service had marked its set complete (the submission did not wait for it).
         headSegment.StartedAt.ShouldNotBeNull().ShouldBeGreaterThanOrEqualTo(set.CompletedAt.ShouldNotBeNull());
         (await db.FeatureShards.AsNoTracking().CountAsync(f => f.FeatureSetKey == set.Key)).ShouldBe(set.ShardCount, "each shard extracted once");
+    }
+
+    [Fact]
+    public async Task Segments_of_one_prefix_go_to_the_worker_that_holds_its_features()
+    {
+        string spec = WriteLocalitySpec("locality");
+        string a = "a-" + _cluster.Name, b = "b-" + _cluster.Name;
+        ClusterProcess serve = _cluster.Coordinator("serve", "--cluster");
+        _cluster.Worker("--device", "cpu", "--id", a);
+        _cluster.Worker("--device", "cpu", "--id", b);
+        await WaitForOwnQueuesAsync(a, b);
+        Guid sweepId = await SubmitAsync(spec);
+
+        await WaitForStatusAsync(sweepId, SweepStatus.Completed, "the sweep to complete");
+        List<SegmentRecord> segments = await ShouldHaveTrainedEachTrialOnceAsync(sweepId, trials: 2, epochs: 4);
+        // The first segment went to the shared queue (no one held layer3's features yet); every later one, of both
+        // trials, to the worker that had trained on them and was free. From the shared queue alone, two idle workers
+        // take turns (the broker's round robin), so eight segments on one worker is what locality does.
+        string holder = segments[0].WorkerId.ShouldNotBeNull();
+        segments.Select(s => s.WorkerId).ShouldAllBe(w => w == holder, _cluster.DescribeProcesses());
+        serve.Lines.Count(l => l.Contains("which holds its features in memory", StringComparison.Ordinal) && l.Contains(holder, StringComparison.Ordinal))
+            .ShouldBe(7, "each segment after the first was sent to the holder's own queue");
+    }
+
+    [Fact]
+    public async Task What_was_sent_to_a_killed_worker_moves_on_to_the_other_and_no_segment_is_trained_twice()
+    {
+        string spec = WriteLocalitySpec("killed");
+        string a = "a-" + _cluster.Name, b = "b-" + _cluster.Name;
+        _cluster.Coordinator("serve", "--cluster");
+        var workers = new Dictionary<string, ClusterProcess>
+        {
+            [a] = _cluster.Worker("--device", "cpu", "--id", a),
+            [b] = _cluster.Worker("--device", "cpu", "--id", b),
+        };
+        await WaitForOwnQueuesAsync(a, b);
+        Guid sweepId = await SubmitAsync(spec);
+
+        // The worker of the first recorded segment holds the features: its next segment is already on its way to it.
+        string holder = null!;
+        await Eventually.WaitAsync(async () =>
+        {
+            await using var db = _cluster.Database();
+            holder = (await db.Segments.AsNoTracking().Where(s => s.Status == SegmentStatus.Completed).Select(s => s.WorkerId).FirstOrDefaultAsync())!;
+            return holder is not null;
+        }, s_deadline, "a segment to be recorded");
+        DateTime killedAt = DateTime.UtcNow;
+        await KillAsync(workers[holder]);
+
+        await WaitForStatusAsync(sweepId, SweepStatus.Completed, "the sweep to complete");
+        List<SegmentRecord> segments = await ShouldHaveTrainedEachTrialOnceAsync(sweepId, trials: 2, epochs: 4);
+        string survivor = holder == a ? b : a;
+        segments.Where(s => s.StartedAt > killedAt).ShouldNotBeEmpty();
+        segments.Where(s => s.StartedAt > killedAt).ShouldAllBe(s => s.WorkerId == survivor, _cluster.DescribeProcesses());
+        // Nothing is left behind in the dead worker's queue: it went on to the shared one when its wait ran out.
+        QueueCounts? left = await _cluster.QueueAsync(QueueNames.WorkerQueue(holder));
+        (left?.Ready ?? 0).ShouldBe(0);
     }
 }
