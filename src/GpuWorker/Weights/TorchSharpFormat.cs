@@ -57,27 +57,30 @@ internal static class TorchSharpFormat
             var keys = new HashSet<string>(StringComparer.Ordinal);
             for (long i = 0; i < count; i++)
             {
+                // This format has no magic number: until the whole file parses, its bytes may be anything (a text file, a
+                // key file), so an error names an entry by its position, never by the key it read.
+                var entry = $"entry {i + 1}";
                 var key = reader.ReadString();
                 if (!keys.Add(key))
                 {
-                    throw new FormatException($"key '{key}' appears twice");
+                    throw new FormatException($"{entry} repeats the key of an earlier entry");
                 }
 
-                var code = reader.ReadLeb128($"the dtype of '{key}'");
+                var code = reader.ReadLeb128($"the dtype of {entry}");
                 if (!Codes.TryGetValue(code, out var dtype))
                 {
-                    throw new FormatException($"'{key}' has dtype code {code}, which is not a dtype weights use");
+                    throw new FormatException($"{entry} has dtype code {code}, which is not a dtype weights use");
                 }
 
-                var rank = reader.ReadLeb128($"the rank of '{key}'");
+                var rank = reader.ReadLeb128($"the rank of {entry}");
                 if (rank > MaxRank)
                 {
-                    throw new FormatException($"'{key}' has {rank} dimensions");
+                    throw new FormatException($"{entry} has {rank} dimensions");
                 }
                 var shape = new long[rank];
                 for (var d = 0; d < rank; d++)
                 {
-                    shape[d] = reader.ReadLeb128($"a dimension of '{key}'");
+                    shape[d] = reader.ReadLeb128($"a dimension of {entry}");
                 }
 
                 long bytes;
@@ -92,7 +95,7 @@ internal static class TorchSharpFormat
                 if (bytes > reader.Remaining)
                 {
                     throw new FormatException(
-                        $"'{key}' of shape [{string.Join(", ", shape)}] needs more than the {reader.Remaining} bytes left: the file is truncated");
+                        $"{entry}, of shape [{string.Join(", ", shape)}], needs more than the {reader.Remaining} bytes left: the file is truncated");
                 }
 
                 var tensor = empty(shape, dtype);

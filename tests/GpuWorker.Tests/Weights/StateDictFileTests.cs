@@ -439,6 +439,47 @@ public sealed class StateDictFileTests : IDisposable
         return path;
     }
 
+    private const string Secret =
+        "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\nAPI_TOKEN=s3cr3t-7f2b9c4e1d\n";
+
+    public static TheoryData<string, byte[]> FilesThatAreNotWeights()
+    {
+        // As long as a real /etc/passwd, so that a reader taking its first bytes for an entry count gets past that check.
+        byte[] text = System.Text.Encoding.UTF8.GetBytes(Secret + string.Concat(Enumerable.Range(1000, 40).Select(i => $"user{i}:x:{i}:{i}::/home/user{i}:/bin/sh\n")));
+        // Bytes that parse as TorchSharp's format up to a key: one entry, its key the secret's first line, then a dtype code
+        // that no weights use. The reader gets as far as the key, so it is the case where echoing it would leak.
+        byte[] key = System.Text.Encoding.UTF8.GetBytes("API_TOKEN=s3cr3t-7f2b9c4e1d");
+        byte[] keyed = [1, (byte)key.Length, .. key, 99, 0];
+        return new TheoryData<string, byte[]>
+        {
+            { "passwd.pt", text }, { "passwd.safetensors", text }, { "passwd.bin", text }, { "passwd", text },
+            { "keyed.dat", keyed },
+        };
+    }
+
+    [Theory]
+    [MemberData(nameof(FilesThatAreNotWeights))]
+    public void A_file_that_is_not_weights_is_named_in_the_error_but_none_of_its_bytes_are(string name, byte[] bytes)
+    {
+        var path = System.IO.Path.Combine(_folder, name);
+        File.WriteAllBytes(path, bytes);
+
+        var error = Should.Throw<WeightsFileException>(() => StateDictFile.Load(path));
+
+        error.Message.ShouldStartWith(path + ": ");
+        string printed = error.Message.Replace(path, "", StringComparison.Ordinal);
+        // No run of eight characters of the file appears: not a line, not a key, not a token.
+        string content = System.Text.Encoding.UTF8.GetString(bytes);
+        for (int start = 0; start + 8 <= content.Length; start++)
+        {
+            string run = content.Substring(start, 8);
+            if (!run.Contains('\n') && !run.Contains('\0'))
+            {
+                printed.ShouldNotContain(run, Case.Sensitive, $"the error repeats the file's bytes: {printed}");
+            }
+        }
+    }
+
     private static void ShouldEqualExpected(IReadOnlyDictionary<string, Tensor> weights, Dictionary<string, ExpectedTensor> expected)
     {
         weights.Keys.ShouldBe(expected.Keys, ignoreOrder: true);
