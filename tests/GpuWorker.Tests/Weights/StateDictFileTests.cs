@@ -439,8 +439,10 @@ public sealed class StateDictFileTests : IDisposable
         return path;
     }
 
+    private const string Token = "API_TOKEN=s3cr3t-7f2b9c4e1d";
+
     private const string Secret =
-        "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\nAPI_TOKEN=s3cr3t-7f2b9c4e1d\n";
+        "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n" + Token + "\n";
 
     public static TheoryData<string, byte[]> FilesThatAreNotWeights()
     {
@@ -448,7 +450,7 @@ public sealed class StateDictFileTests : IDisposable
         byte[] text = System.Text.Encoding.UTF8.GetBytes(Secret + string.Concat(Enumerable.Range(1000, 40).Select(i => $"user{i}:x:{i}:{i}::/home/user{i}:/bin/sh\n")));
         // Bytes that parse as TorchSharp's format up to a key: one entry, its key the secret's first line, then a dtype code
         // that no weights use. The reader gets as far as the key, so it is the case where echoing it would leak.
-        byte[] key = System.Text.Encoding.UTF8.GetBytes("API_TOKEN=s3cr3t-7f2b9c4e1d");
+        byte[] key = System.Text.Encoding.UTF8.GetBytes(Token);
         byte[] keyed = [1, (byte)key.Length, .. key, 99, 0];
         return new TheoryData<string, byte[]>
         {
