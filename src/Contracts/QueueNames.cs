@@ -8,6 +8,17 @@ public static class QueueNames
     /// <summary>The queue every GPU worker consumes its jobs from, one job at a time per worker.</summary>
     public const string GpuWork = "gpu-work";
 
+    /// <summary>
+    /// Where a job nobody could finish ends: one MassTransit moved there after its retries, or one the broker dead-lettered
+    /// after <see cref="GpuWork"/>'s delivery limit (every worker that took it died). An exchange and a queue of this name,
+    /// MassTransit's own naming of an endpoint's error queue; `coordinator errors` lists and requeues what it holds.
+    /// </summary>
+    public const string GpuWorkError = GpuWork + "_error";
+
+    /// <summary>The coordinator service's copy of every dead job (bound to <see cref="GpuWorkError"/>'s exchange): it fails
+    /// the job's trial or shard with the reason, so that nothing waits on a job that will not come back.</summary>
+    public const string DeadJobs = "coordinator.dead-jobs";
+
     /// <summary>The coordinator service's queue for worker events (heartbeats, job outcomes).</summary>
     public const string Coordinator = "coordinator";
 

@@ -71,6 +71,7 @@ public static class ClusterBus
         return services;
     }
 
-    /// <summary>The address of the durable queue that GPU workers consume jobs from.</summary>
-    public static Uri GpuWorkQueue => new($"queue:{Contracts.QueueNames.GpuWork}");
+    /// <summary>Where jobs for GPU workers are sent: the exchange of their shared queue (see <see cref="JobQueues"/>, which
+    /// says why not the queue itself). The in-memory transport treats it as the same queue.</summary>
+    public static Uri GpuWorkQueue => JobQueues.SharedExchange;
 }

@@ -16,10 +16,31 @@ public static class ConnectivityCheck
 {
     private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(5);
 
-    /// <summary>Opens (and closes) one AMQP connection; returns null when it works, else the reason.</summary>
+    /// <summary>
+    /// Opens one AMQP connection and declares the job queues on it (<see cref="JobQueues.DeclareAsync"/>), so that nothing
+    /// starts on a broker whose queues would refuse it; returns null when it works, else the reason. Queues declared
+    /// otherwise by an older version throw <see cref="ClusterConfigurationException"/>: waiting would not fix them.
+    /// </summary>
     public static async Task<string?> ProbeRabbitMqAsync(RabbitMqOptions options, CancellationToken cancellationToken)
     {
-        var factory = new ConnectionFactory
+        ArgumentNullException.ThrowIfNull(options);
+        try
+        {
+            await using IConnection connection = await Connect(options, "cluster-connectivity-check").CreateConnectionAsync(cancellationToken);
+            await JobQueues.DeclareAsync(connection, options.VirtualHost, cancellationToken);
+            return null;
+        }
+        catch (Exception e) when (e is not ClusterConfigurationException && (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested))
+        {
+            return $"cannot connect to {options.Describe()}: {DescribeRabbitFailure(e, options)}";
+        }
+    }
+
+    /// <summary>A connection factory for one short-lived AMQP connection (no recovery), named as the management UI shows it.</summary>
+    public static ConnectionFactory Connect(RabbitMqOptions options, string clientName)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        return new ConnectionFactory
         {
             HostName = options.Host!,
             Port = options.Port,
@@ -28,17 +49,8 @@ public static class ConnectivityCheck
             Password = options.Password,
             RequestedConnectionTimeout = s_timeout,
             AutomaticRecoveryEnabled = false,
-            ClientProvidedName = "cluster-connectivity-check",
+            ClientProvidedName = clientName,
         };
-        try
-        {
-            await using IConnection connection = await factory.CreateConnectionAsync(cancellationToken);
-            return null;
-        }
-        catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
-        {
-            return $"cannot connect to {options.Describe()}: {DescribeRabbitFailure(e, options)}";
-        }
     }
 
     /// <summary>Opens one database connection; returns null when it works, else the reason.</summary>

@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using System.Text.Json;
 using Cluster.Contracts;
+using Cluster.Hosting;
 using Cluster.IntegrationTests.Support;
 using MassTransit;
 using Cluster.Storage.Database.Entities;
@@ -252,7 +253,7 @@ public sealed class FailedShardTests : IAsyncLifetime
         await bus.StartAsync();
         try
         {
-            ISendEndpoint queue = await bus.GetSendEndpoint(new Uri($"queue:{QueueNames.GpuWork}"));
+            ISendEndpoint queue = await bus.GetSendEndpoint(ClusterBus.GpuWorkQueue);
             await queue.Send(new Cluster.Contracts.Features.ExtractFeatures
             {
                 FeatureSetKey = "bogus.key",

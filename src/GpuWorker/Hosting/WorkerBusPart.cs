@@ -34,7 +34,12 @@ public sealed class WorkerBusPart(int concurrentJobs = 1) : IClusterBusPart
             e.ConcurrentMessageLimit = concurrentJobs;
             // Commands are sent to the queue, never published: no exchange bindings per message type.
             e.ConfigureConsumeTopology = false;
+            if (e is IRabbitMqReceiveEndpointConfigurator quorum)
+            {
+                JobQueues.ConfigureSharedQueue(quorum);
+            }
             e.UseFilter(new TakeLaneFilter(lanes));
+            UseJobRetry(e);
             e.ConfigureConsumer<RunSelfTestConsumer>(context);
             e.ConfigureConsumer<ExtractFeaturesConsumer>(context);
             e.ConfigureConsumer<Training.TrainSegmentConsumer>(context);
@@ -58,4 +63,18 @@ public sealed class WorkerBusPart(int concurrentJobs = 1) : IClusterBusPart
             });
         }
     }
+
+    /// <summary>
+    /// A job records its own failures (the trial or shard is failed with the reason), so what reaches the bus is a failure to
+    /// record even that: the database or the storage down for a moment. Tried again with backoff (about a minute in all,
+    /// holding the worker's lane: nothing else could be recorded either), then MassTransit moves the job to the error queue,
+    /// where the coordinator fails its trial or shard (<see cref="QueueNames.GpuWorkError"/>). A shutdown is not a failure:
+    /// its job goes back to the queue unacknowledged, never to the error queue.
+    /// </summary>
+    private static void UseJobRetry(IReceiveEndpointConfigurator endpoint) =>
+        endpoint.UseMessageRetry(r =>
+        {
+            r.Ignore<OperationCanceledException>();
+            r.Exponential(5, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(30), TimeSpan.FromSeconds(3));
+        });
 }

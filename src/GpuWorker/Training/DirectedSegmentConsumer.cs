@@ -21,19 +21,39 @@ public sealed class DirectedSegmentConsumer(JobLanes lanes, IServiceProvider ser
 
     public async Task Consume(ConsumeContext<TrainSegment> context)
     {
-        using IDisposable? lane = lanes.TryTake();
-        if (lane is null)
+        TrainSegment job = context.Message;
+        using (IDisposable? lane = lanes.TryTake())
         {
-            TrainSegment job = context.Message;
-            logger.LogInformation("Segment {Segment} of trial {Trial} was sent here for its features, but this worker is busy: passed on to the {Queue} queue",
-                job.Segment, job.TrialId, Contracts.QueueNames.GpuWork);
-            ISendEndpoint shared = await context.GetSendEndpoint(ClusterBus.GpuWorkQueue);
-            // Sent before this delivery is acknowledged: a crash in between leaves two copies, and the second finds the
-            // segment recorded (at-least-once, as every redelivery).
-            await shared.Send(job, send => send.Headers.Set(PassedOnHeader, identity.WorkerId), context.CancellationToken);
-            return;
+            if (lane is null)
+            {
+                logger.LogInformation("Segment {Segment} of trial {Trial} was sent here for its features, but this worker is busy: passed on to the {Queue} queue",
+                    job.Segment, job.TrialId, Contracts.QueueNames.GpuWork);
+            }
+            else
+            {
+                try
+                {
+                    // Resolved only when it runs here (from the consumer's scope): a segment passed on needs none of the trainer.
+                    await services.GetRequiredService<TrainSegmentConsumer>().Consume(context);
+                    return;
+                }
+                catch (Exception e) when (!context.CancellationToken.IsCancellationRequested)
+                {
+                    // This queue has no retry and its error queue is watched by nobody: the shared queue's endpoint retries
+                    // the segment (on any worker) and sends what keeps failing where the coordinator fails its trial.
+                    logger.LogWarning(e, "Segment {Segment} of trial {Trial} failed here: passed on to the {Queue} queue",
+                        job.Segment, job.TrialId, Contracts.QueueNames.GpuWork);
+                }
+            }
         }
-        // Resolved only when it runs here (from the consumer's scope): a segment passed on needs none of the trainer.
-        await services.GetRequiredService<TrainSegmentConsumer>().Consume(context);
+        await PassOnAsync(context, job);
+    }
+
+    private async Task PassOnAsync(ConsumeContext<TrainSegment> context, TrainSegment job)
+    {
+        ISendEndpoint shared = await context.GetSendEndpoint(ClusterBus.GpuWorkQueue);
+        // Sent before this delivery is acknowledged: a crash in between leaves two copies, and the second finds the
+        // segment recorded (at-least-once, as every redelivery).
+        await shared.Send(job, send => send.Headers.Set(PassedOnHeader, identity.WorkerId), context.CancellationToken);
     }
 }
