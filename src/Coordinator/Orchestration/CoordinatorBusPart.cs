@@ -19,6 +19,7 @@ public sealed class CoordinatorBusPart : IClusterBusPart
         bus.AddConsumer<WorkerRegistryConsumer>();
         bus.AddConsumer<TrialScheduler>();
         bus.AddConsumer<FeatureSetService>();
+        bus.AddConsumer<DeadJobConsumer>();
     }
 
     public void ConfigureEndpoints(IBusRegistrationContext context, IBusFactoryConfigurator bus)
@@ -37,5 +38,28 @@ public sealed class CoordinatorBusPart : IClusterBusPart
             e.ConfigureConsumer<TrialScheduler>(context);
             e.ConfigureConsumer<FeatureSetService>(context);
         });
+        if (bus is IRabbitMqBusFactoryConfigurator rabbit)
+        {
+            // A copy of every dead job: the error queue itself keeps them for `coordinator errors` to list and requeue.
+            rabbit.ReceiveEndpoint(QueueNames.DeadJobs, e =>
+            {
+                e.ConfigureConsumeTopology = false;
+                e.Bind(QueueNames.GpuWorkError);
+                ConfigureDeadJobs(context, e);
+            });
+        }
+        else
+        {
+            // Embedded: nobody lists an in-memory error queue, so the coordinator consumes it.
+            bus.ReceiveEndpoint(QueueNames.GpuWorkError, e => ConfigureDeadJobs(context, e));
+        }
+    }
+
+    private static void ConfigureDeadJobs(IBusRegistrationContext context, IReceiveEndpointConfigurator e)
+    {
+        e.ConcurrentMessageLimit = 1;
+        // Failing a trial or shard needs the database: a dead job waits for it rather than be lost.
+        e.UseMessageRetry(r => r.Exponential(10, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(30), TimeSpan.FromSeconds(2)));
+        e.ConfigureConsumer<DeadJobConsumer>(context);
     }
 }

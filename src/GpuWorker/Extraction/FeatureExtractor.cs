@@ -274,26 +274,8 @@ public sealed class FeatureExtractor(
     /// <summary>Records a shard that could not be extracted (at every tap of the job not already complete), with the reason, so the requester can say why.</summary>
     public async Task RecordFailureAsync(ExtractFeatures job, string reason)
     {
-        ArgumentNullException.ThrowIfNull(job);
         await using ClusterDbContext db = await databases.CreateDbContextAsync(CancellationToken.None);
-        foreach (string key in job.AllTaps().Select(t => t.FeatureSetKey).Distinct())
-        {
-            FeatureShardRecord? row = await db.FeatureShards.FindAsync([key, job.ShardIndex]);
-            if (row is { Status: FeatureShardStatus.Complete })
-            {
-                continue;
-            }
-            if (row is null)
-            {
-                row = new FeatureShardRecord { FeatureSetKey = key, Index = job.ShardIndex, Path = "", Sha256 = "" };
-                db.FeatureShards.Add(row);
-            }
-            row.Status = FeatureShardStatus.Failed;
-            row.FailureReason = reason;
-            row.WorkerId = identity.WorkerId;
-            row.CreatedAt = DateTime.UtcNow;
-        }
-        await db.SaveChangesAsync(CancellationToken.None);
+        await JobFailures.RecordShardAsync(db, job, identity.WorkerId, reason, CancellationToken.None);
     }
 
     /// <summary>

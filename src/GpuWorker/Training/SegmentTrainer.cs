@@ -210,21 +210,7 @@ public sealed class SegmentTrainer(
     public async Task RecordFailureAsync(TrainSegment job, string reason)
     {
         await using ClusterDbContext db = databases.CreateDbContext();
-        SegmentRecord? segment = await db.Segments.SingleOrDefaultAsync(s => s.TrialId == job.TrialId && s.Index == job.Segment);
-        if (segment is null)
-        {
-            segment = new SegmentRecord { TrialId = job.TrialId, Index = job.Segment, EpochFrom = job.EpochFrom, EpochTo = job.EpochTo };
-            db.Segments.Add(segment);
-        }
-        if (segment.Status == SegmentStatus.Completed)
-        {
-            return;
-        }
-        segment.Status = SegmentStatus.Failed;
-        segment.Attempts++;
-        segment.WorkerId = identity.WorkerId;
-        segment.FailureReason = reason;
-        await db.SaveChangesAsync();
+        await JobFailures.RecordSegmentAsync(db, job, identity.WorkerId, reason, CancellationToken.None);
     }
 
     // ---- the network strategies: fine-tune-top (two stages), fine-tune-all, from-scratch ----
