@@ -88,6 +88,10 @@ public static class CoordinatorCli
                 .WithDescription("Run the coordinator service: records worker heartbeats, schedules sweeps from the workers' events (a segment goes to the worker holding its features in memory; Coordinator__Locality=false: all to the shared queue), continues unfinished sweeps after a restart.");
             c.AddCommand<WorkersCommand>("workers")
                 .WithDescription("List live workers from their heartbeats.");
+            c.AddCommand<ErrorsCommand>("errors")
+                .WithDescription("List the jobs in the error queue (no worker could finish them; their trials or shards were failed) with their reasons; --requeue sends extraction shards back to the workers.")
+                .WithExample("errors", "--cluster")
+                .WithExample("errors", "--cluster", "--requeue", "--format", "json");
             c.AddCommand<ExtractCommand>("extract")
                 .WithDescription("Extract a dataset's features at a model's tap, sharded across the workers; reuses cached feature sets.")
                 .WithExample("extract", "--dataset", "cats_and_dogs_small/train", "--model", "vgg19", "--layer", "block4_pool", "--weights", "vgg19.pth")
