@@ -244,6 +244,7 @@ public sealed class FailedShardTests : IAsyncLifetime
     public async Task A_shard_job_for_a_dataset_the_storage_does_not_hold_is_recorded_as_failed_and_the_worker_takes_the_next_job()
     {
         _cluster.Worker("--device", "cpu");
+        await _cluster.DeclareJobQueuesAsync();
         IBusControl bus = Bus.Factory.CreateUsingRabbitMq(cfg =>
             cfg.Host(TestServers.RabbitHost, (ushort)TestServers.RabbitPort, _cluster.Name, h =>
             {

@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.Json;
 using Cluster.Storage.Database;
 using Npgsql;
+using Shouldly;
 
 namespace Cluster.IntegrationTests.Support;
 
@@ -76,6 +77,26 @@ public sealed class IsolatedCluster : IAsyncDisposable
         ClusterProcess process = Coordinator(args);
         int code = await process.WaitForExitAsync(timeout);
         return (code, process);
+    }
+
+    /// <summary>This slice's broker settings, as the child processes read them from <see cref="Environment"/>.</summary>
+    public Cluster.Hosting.RabbitMqOptions RabbitMq => new()
+    {
+        Host = TestServers.RabbitHost,
+        Port = TestServers.RabbitPort,
+        VirtualHost = Name,
+        Username = TestServers.RabbitUser,
+        Password = TestServers.RabbitPassword,
+    };
+
+    /// <summary>
+    /// Declares the job queues as every cluster process does before its bus starts. A test that sends jobs from its own bus
+    /// needs it: jobs go to the shared queue's exchange, which drops what it gets before the queue is bound to it.
+    /// </summary>
+    public async Task DeclareJobQueuesAsync()
+    {
+        string? failure = await Cluster.Hosting.ConnectivityCheck.ProbeRabbitMqAsync(RabbitMq, CancellationToken.None);
+        failure.ShouldBeNull();
     }
 
     public ClusterDbContext Database() => new ClusterDbContextFactory(DatabaseProvider.Postgres, DatabaseConnectionString).CreateDbContext();
