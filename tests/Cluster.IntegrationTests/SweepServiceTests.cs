@@ -275,4 +275,69 @@ public sealed class SweepServiceTests : IAsyncLifetime
         QueueCounts? left = await _cluster.QueueAsync(QueueNames.WorkerQueue(holder));
         (left?.Ready ?? 0).ShouldBe(0);
     }
+
+    [Fact]
+    public async Task A_segment_past_the_delivery_limit_fails_its_trial_with_the_reason_the_sweep_goes_on_and_coordinator_errors_lists_it()
+    {
+        string spec = WriteSpec("poison", "[0.01, 0.02]", parallelism: 1, epochs: 1);
+        _cluster.Coordinator("serve", "--cluster");
+        Guid sweepId = await SubmitAsync(spec);
+        await Eventually.WaitAsync(async () => (await _cluster.QueueAsync(QueueNames.GpuWork))?.Ready == 1, s_deadline, "trial 0's segment to wait in the shared queue");
+
+        // Every "worker" that takes it dies before acknowledging it: taken and returned until the quorum queue gives up on it.
+        var factory = new RabbitMQ.Client.ConnectionFactory
+        {
+            HostName = TestServers.RabbitHost, Port = TestServers.RabbitPort, VirtualHost = _cluster.Name,
+            UserName = TestServers.RabbitUser, Password = TestServers.RabbitPassword,
+        };
+        // The limit counts returns: the delivery after the limit-th return is the job's last. Only that one job is taken (the
+        // sweep dispatches trial 1 once trial 0 fails, and a worker is to train it).
+        byte[]? poison = null;
+        await using (RabbitMQ.Client.IConnection connection = await factory.CreateConnectionAsync())
+        await using (RabbitMQ.Client.IChannel channel = await connection.CreateChannelAsync())
+        {
+            for (int delivery = 0; delivery <= Hosting.JobQueues.DeliveryLimit; delivery++)
+            {
+                RabbitMQ.Client.BasicGetResult taken = await Eventually.WaitAsync(
+                    () => channel.BasicGetAsync(QueueNames.GpuWork, autoAck: false), s_deadline, $"delivery {delivery} of trial 0's segment");
+                poison ??= taken.Body.ToArray();
+                taken.Body.ToArray().ShouldBe(poison, $"delivery {delivery} is trial 0's segment again");
+                await channel.BasicRejectAsync(taken.DeliveryTag, requeue: true);
+            }
+        }
+        await Eventually.WaitAsync(async () => (await _cluster.QueueAsync(QueueNames.GpuWorkError))?.Ready == 1,
+            s_deadline, "the segment to be dead-lettered to the error queue");
+
+        TrialRecord failed = await Eventually.WaitAsync(async () =>
+        {
+            await using var db = _cluster.Database();
+            return await db.Trials.AsNoTracking().SingleOrDefaultAsync(t => t.SweepId == sweepId && t.Number == 0 && t.Status == TrialStatus.Failed);
+        }, s_deadline, "trial 0 to be failed by the coordinator");
+        failed.FailureReason.ShouldNotBeNull().ShouldContain("reached the delivery limit");
+
+        // The sweep goes on: a worker arriving now trains trial 1.
+        _cluster.Worker("--device", "cpu");
+        await WaitForStatusAsync(sweepId, SweepStatus.Completed, "the sweep to complete with trial 1");
+        await using (var db = _cluster.Database())
+        {
+            (await db.Trials.AsNoTracking().Where(t => t.SweepId == sweepId).OrderBy(t => t.Number).Select(t => t.Status).ToListAsync())
+                .ShouldBe([TrialStatus.Failed, TrialStatus.Completed]);
+        }
+
+        (int code, ClusterProcess errors) = await _cluster.RunCoordinatorAsync(s_deadline, "errors", "--cluster", "--format", "json");
+        code.ShouldBe(0, errors.Describe());
+        using (JsonDocument listed = JsonDocument.Parse(errors.StandardOutput))
+        {
+            JsonElement job = listed.RootElement.EnumerateArray().ShouldHaveSingleItem();
+            job.GetProperty("kind").GetString().ShouldBe("segment");
+            job.GetProperty("trial").GetGuid().ShouldBe(failed.Id);
+            job.GetProperty("reason").GetString().ShouldNotBeNull().ShouldContain("reached the delivery limit");
+        }
+        // A dead segment is not requeued (its trial was failed): it stays listed, with one line saying why.
+        (code, ClusterProcess requeue) = await _cluster.RunCoordinatorAsync(s_deadline, "errors", "--cluster", "--requeue");
+        code.ShouldBe(0, requeue.Describe());
+        requeue.StandardError.ShouldContain($"not requeued: trial {failed.Id} segment 0");
+        await Eventually.WaitAsync(async () => (await _cluster.QueueAsync(QueueNames.GpuWorkError)) is { Ready: 1, Unacknowledged: 0 },
+            s_deadline, "the dead segment to be back in the error queue once the command closed its channel");
+    }
 }

@@ -63,6 +63,14 @@ public sealed class DeadJobConsumer(IDbContextFactory<ClusterDbContext> database
         return Task.CompletedTask;
     }
 
+    /// <summary>
+    /// The broker's dead-letter headers and the fault headers MassTransit adds on its way to the error queue are transport
+    /// headers: <c>context.Headers</c> holds the envelope's (what the sender wrote) for a serialized message, so the
+    /// transport's are read first.
+    /// </summary>
     private static string ReasonOf(ConsumeContext context) =>
-        DeadJobReason.Describe(name => context.Headers.TryGetHeader(name, out object? value) ? value : null, JobQueues.DeliveryLimit);
+        DeadJobReason.Describe(name =>
+            context.ReceiveContext.TransportHeaders.TryGetHeader(name, out object? transport) ? transport
+            : context.Headers.TryGetHeader(name, out object? envelope) ? envelope
+            : null, JobQueues.DeliveryLimit);
 }
