@@ -29,6 +29,9 @@ public sealed class SweepRunCommandTests : IDisposable
         return path;
     }
 
+    // Adam at 0.001: at 0.003 a from-scratch ResNet-18 on 45 images collapses to one class for half the seeds on an Intel
+    // Xeon (family 6, model 207; seed 5 among them) though not on the Zen 3 the test was written on; at 0.001 it learned the
+    // stripes for each of seeds 1-9 there.
     private static string Spec(string strategy = "from-scratch", string extra = "", string train = "train", string validation = "0.25") => $"""
         name: stripes
         dataset:
@@ -39,7 +42,7 @@ public sealed class SweepRunCommandTests : IDisposable
         weights: random
         input_size: 32
         strategy: {strategy}
-        lr: 0.003
+        lr: 0.001
         optimizer: adam
         epochs: 3
         batch_size: 8
@@ -68,7 +71,7 @@ public sealed class SweepRunCommandTests : IDisposable
         JsonElement trial = root.GetProperty("trials").EnumerateArray().Single();
         trial.GetProperty("status").GetString().ShouldBe("completed");
         trial.GetProperty("params").GetProperty("strategy").GetString().ShouldBe("from-scratch");
-        trial.GetProperty("params").GetProperty("lr").GetDouble().ShouldBe(0.003);
+        trial.GetProperty("params").GetProperty("lr").GetDouble().ShouldBe(0.001);
         trial.GetProperty("epochs").GetInt32().ShouldBe(3);
         trial.GetProperty("test_accuracy").GetDouble().ShouldBeGreaterThanOrEqualTo(0.8, "two classes: chance is 0.5");
         trial.GetProperty("val_accuracy").GetDouble().ShouldBeInRange(0, 1);
