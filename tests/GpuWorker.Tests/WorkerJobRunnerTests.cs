@@ -93,6 +93,15 @@ public sealed class WorkerJobRunnerTests
     }
 
     [Fact]
+    public async Task A_job_completed_elsewhere_while_this_delivery_computed_announces_that_result_instead_of_failing()
+    {
+        // The broker took the delivery back (consumer timeout, lost connection) and another worker completed it.
+        await Runner.RunAsync("job/1", Job(findRecorded: n => n == 0 ? null : new Result("elsewhere"),
+            compute: _ => throw new AlreadyRecordedException("completed by another delivery")), default);
+        _calls.ShouldBe(["compute while tracking job/1", "completed elsewhere recorded-before=True"]);
+    }
+
+    [Fact]
     public async Task A_failing_job_is_recorded_as_failed_with_its_reason_whether_explained_or_not()
     {
         await Runner.RunAsync("job/1", Job(compute: _ => throw new ArgumentException("unknown layer 'x'")), default);

@@ -15,7 +15,8 @@ namespace Cluster.GpuWorker.Hosting;
 /// after a lost insert race.</param>
 /// <param name="Compute">The work itself; honours the token (shutdown).</param>
 /// <param name="Record">Writes the result; not cancellable (once computed, a result is worth keeping while shutting down). A
-/// <see cref="DbUpdateException"/> from it is a lost race when <paramref name="FindRecorded"/> then finds a result.</param>
+/// <see cref="DbUpdateException"/> or <see cref="AlreadyRecordedException"/> from it (or the latter from
+/// <paramref name="Compute"/>) is a lost race when <paramref name="FindRecorded"/> then finds a result.</param>
 /// <param name="Completed">Announces the result; the flag says whether it was recorded before (by this or another delivery).</param>
 /// <param name="Failed">Records and announces a job that cannot be done, with its one-line reason and whether another try
 /// might succeed (a failure <see cref="WorkerJobRunner.IsExplained"/> does not explain: an outage, memory, a bug); null:
@@ -54,24 +55,32 @@ public sealed class WorkerJobRunner(JobTracker jobs, ILogger<WorkerJobRunner> lo
         }
         try
         {
-            TResult result = await job.Compute(ct);
+            TResult result;
             try
             {
+                result = await job.Compute(ct);
                 await job.Record(result);
             }
-            catch (DbUpdateException)
+            catch (Exception e) when (e is DbUpdateException or AlreadyRecordedException)
             {
                 TResult? winner = await job.FindRecorded(CancellationToken.None);
                 if (winner is null)
                 {
                     throw;
                 }
-                // Another delivery of the same job recorded it first; its result stands.
-                logger.LogInformation("Job {JobId} was recorded concurrently by another delivery", jobId);
+                // Another delivery of the same job recorded it first (a lost insert race, or a delivery the broker took back
+                // from this worker and gave to another while this one still computed); its result stands.
+                logger.LogInformation("Job {JobId} was recorded concurrently by another delivery; its result stands", jobId);
                 await job.Completed(winner, true);
                 return;
             }
             await job.Completed(result, false);
+        }
+        catch (OperationCanceledException) when (ct.IsCancellationRequested)
+        {
+            // Unacknowledged, so the broker delivers it again: to this worker after a restart, or to another one.
+            logger.LogWarning("Job {JobId} stopped before it finished: its delivery was cancelled (shutdown, or the connection to the broker was lost)", jobId);
+            throw;
         }
         catch (Exception e) when (job.Failed is not null && !(e is OperationCanceledException && ct.IsCancellationRequested))
         {
@@ -96,3 +105,9 @@ public sealed class WorkerJobRunner(JobTracker jobs, ILogger<WorkerJobRunner> lo
             // No verified way to compute a convolution on this machine: its message names the configuration and every verdict.
             or Kernels.KernelCheckException;
 }
+
+/// <summary>
+/// Thrown by a job's compute or record step when it finds the job already recorded by another delivery: the runner then
+/// announces that delivery's result instead of this one's.
+/// </summary>
+public sealed class AlreadyRecordedException(string message) : Exception(message);

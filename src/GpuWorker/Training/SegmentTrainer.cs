@@ -18,6 +18,7 @@ using Cluster.Storage.Datasets;
 using Cluster.Storage.Files;
 using Cluster.Storage.Formats;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.EntityFrameworkCore.Storage;
 using Microsoft.Extensions.Logging;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -117,6 +118,12 @@ public sealed class SegmentTrainer(
         }
         // Set by every epoch trained; unset only when the checkpoint resumed from already ends the segment.
         int lastEpoch = state.LastEpoch ?? job.EpochTo - 1;
+        // A delivery the broker took back (this worker overran the consumer timeout or lost its connection) may have been
+        // completed elsewhere meanwhile: its checkpoint, at the same path, is the one the recorded metrics describe.
+        if (await FindRecordedAsync(job, CancellationToken.None) is not null)
+        {
+            throw new AlreadyRecordedException($"Segment {job.Segment} of trial {trial} was completed by another delivery while this one trained");
+        }
         CheckpointInfo info = await _checkpoints.WriteAsync(new CheckpointInfo
         {
             SweepId = sweep,
@@ -131,10 +138,30 @@ public sealed class SegmentTrainer(
             info.TensorsPath, info.Sha256, clock.Elapsed.TotalSeconds, rows, startedAt);
     }
 
-    /// <summary>Writes the segment's row and its epochs' metric rows in one transaction (a redelivery replaces the rows of epochs trained again).</summary>
+    /// <summary>Writes the segment's row and its epochs' metric rows in one transaction (a redelivery replaces the rows of epochs trained again), unless another delivery
+    /// completed the segment first: then <see cref="AlreadyRecordedException"/>, and nothing is written.</summary>
     public async Task RecordAsync(TrainSegment job, SegmentOutcome outcome)
     {
         await using ClusterDbContext db = databases.CreateDbContext();
+        await using IDbContextTransaction transaction = await db.Database.BeginTransactionAsync();
+        SegmentRecord? segment = await db.Segments.SingleOrDefaultAsync(s => s.TrialId == job.TrialId && s.Index == job.Segment);
+        if (segment is null)
+        {
+            segment = new SegmentRecord { TrialId = job.TrialId, Index = job.Segment };
+            db.Segments.Add(segment);
+        }
+        else
+        {
+            // Claim the row: only one delivery completes a segment. The conditional update locks the row, so of two
+            // deliveries recording at once the second sees the first's Completed after it commits, and loses.
+            int claimed = await db.Segments
+                .Where(s => s.TrialId == job.TrialId && s.Index == job.Segment && s.Status != SegmentStatus.Completed)
+                .ExecuteUpdateAsync(s => s.SetProperty(r => r.Status, SegmentStatus.Completed));
+            if (claimed == 0)
+            {
+                throw new AlreadyRecordedException($"Segment {job.Segment} of trial {job.TrialId} is already recorded complete by {segment.WorkerId}");
+            }
+        }
         int[] epochs = [.. outcome.Epochs.Select(r => r.Epoch).Distinct()];
         List<EpochMetricRecord> old = await db.EpochMetrics.Where(m => m.TrialId == job.TrialId && epochs.Contains(m.Epoch)).ToListAsync();
         db.EpochMetrics.RemoveRange(old);
@@ -149,12 +176,6 @@ public sealed class SegmentTrainer(
             Seconds = r.Seconds,
             LearningRate = r.LearningRate,
         }));
-        SegmentRecord? segment = await db.Segments.SingleOrDefaultAsync(s => s.TrialId == job.TrialId && s.Index == job.Segment);
-        if (segment is null)
-        {
-            segment = new SegmentRecord { TrialId = job.TrialId, Index = job.Segment };
-            db.Segments.Add(segment);
-        }
         segment.EpochFrom = job.EpochFrom;
         segment.EpochTo = job.EpochTo;
         segment.CheckpointPath = outcome.Checkpoint;
@@ -171,6 +192,7 @@ public sealed class SegmentTrainer(
         segment.StartedAt = outcome.StartedAt;
         segment.CompletedAt = DateTime.UtcNow;
         await db.SaveChangesAsync();
+        await transaction.CommitAsync();
         WriteLearningCurves(job, outcome);
         if (residentFeatures.Loads > 0)
         {

@@ -1,4 +1,5 @@
 using Cluster.Contracts.Training;
+using Cluster.GpuWorker.Hosting;
 using Cluster.GpuWorker.Training;
 using Cluster.Storage.Checkpoints;
 using Cluster.Storage.Database;
@@ -196,6 +197,42 @@ public sealed class SegmentTrainerTests(ITestOutputHelper output)
         recorded.ShouldNotBeNull();
         recorded.Checkpoint.ShouldBe(outcome.Checkpoint);
         recorded.ValidationAccuracy.ShouldBe(outcome.ValidationAccuracy);
+    }
+
+    /// <summary>
+    /// A late delivery: the broker took the segment back from a worker that overran its consumer timeout and another
+    /// worker completed it; the late worker then finishes too. Its result must not replace the recorded one (the segment
+    /// would count as completed twice, by the wrong worker, with the metrics of a run the checkpoint does not describe).
+    /// </summary>
+    [Fact]
+    public async Task A_late_delivery_neither_overwrites_a_completed_segment_nor_its_checkpoint()
+    {
+        await using TrainingFixture fixture = await TrainingFixture.CreateAsync(perClass: 8);
+        TrialSettings settings = Settings("from-scratch", epochs: 1);
+        TrainSegment job = TrainingFixture.Segment(Guid.NewGuid(), settings, fixture.Data(test: false), 0, 0, 1);
+        SegmentTrainer late = fixture.NewTrainer(workerId: "late-worker");
+        SegmentOutcome lateOutcome = await late.TrainAsync(job, null, CancellationToken.None);
+        SegmentOutcome winner = await RunAsync(fixture, fixture.NewTrainer(workerId: "winner"), job);
+        List<EpochMetricRecord> metricsBefore = await MetricsAsync(fixture, job.TrialId);
+
+        // Recording after the winner: refused, and nothing written.
+        AlreadyRecordedException refused = await Should.ThrowAsync<AlreadyRecordedException>(() => late.RecordAsync(job, lateOutcome with { ValidationAccuracy = -1 }));
+        refused.Message.ShouldContain("winner");
+        // Training after the winner: refused before the checkpoint is written again.
+        string sha256 = await fixture.Store.Sha256Async(winner.Checkpoint, CancellationToken.None);
+        File.SetLastWriteTimeUtc(fixture.Store.Resolve(winner.Checkpoint), new DateTime(2020, 1, 1, 0, 0, 0, DateTimeKind.Utc));
+        await Should.ThrowAsync<AlreadyRecordedException>(() => late.TrainAsync(job, null, CancellationToken.None));
+
+        await using ClusterDbContext db = fixture.Databases.CreateDbContext();
+        SegmentRecord segment = await db.Segments.AsNoTracking().SingleAsync(s => s.TrialId == job.TrialId && s.Index == 0);
+        segment.WorkerId.ShouldBe("winner");
+        segment.Attempts.ShouldBe(1);
+        segment.Status.ShouldBe(SegmentStatus.Completed);
+        segment.ValidationAccuracy.ShouldBe(winner.ValidationAccuracy);
+        (await MetricsAsync(fixture, job.TrialId)).Select(m => (m.Epoch, m.Split, m.Loss, m.Accuracy))
+            .ShouldBe(metricsBefore.Select(m => (m.Epoch, m.Split, m.Loss, m.Accuracy)));
+        (await fixture.Store.Sha256Async(winner.Checkpoint, CancellationToken.None)).ShouldBe(sha256);
+        File.GetLastWriteTimeUtc(fixture.Store.Resolve(winner.Checkpoint)).Year.ShouldBe(2020);
     }
 }
 
