@@ -94,6 +94,15 @@ public sealed class WorkerOptions
     /// </summary>
     public long FeatureMemoryMiB { get; set; } = -1;
 
+    /// <summary>
+    /// Seconds a worker trains one segment: at an epoch boundary it ends the segment early when the epoch to come (as
+    /// long as the longest so far) would end past this bound, and the coordinator sends the remaining epochs as the next
+    /// segment. Keep RabbitMQ's consumer_timeout above it plus one epoch (the broker takes back a delivery held longer).
+    /// 0: one epoch per segment; negative: no bound. The default suits RabbitMQ's default 30-minute consumer timeout.
+    /// </summary>
+    [Range(-1, 7 * 24 * 3600)]
+    public double SegmentTimeLimitSeconds { get; set; } = 1200;
+
     /// <summary><see cref="FeatureMemoryMiB"/> in bytes, the default resolved.</summary>
     public long ResidentFeatureBytes() => FeatureMemoryMiB switch
     {

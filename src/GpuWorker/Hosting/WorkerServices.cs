@@ -37,6 +37,7 @@ public static class WorkerServices
         services.AddSingleton<FeatureExtractor>();
         services.AddSingleton(sp => new ResidentFeatureSets(options.ResidentFeatureBytes(),
             (key, ct) => FeatureSetReader.LoadAsync(sp.GetRequiredService<ClusterDbContextFactory>(), sp.GetRequiredService<FileStore>(), key, ct)));
+        services.AddSingleton(Training.SegmentTimeLimit.FromSeconds(options.SegmentTimeLimitSeconds));
         services.AddSingleton<Training.SegmentTrainer>();
         services.AddSingleton<JobTracker>();
         services.AddSingleton<WorkerJobRunner>();

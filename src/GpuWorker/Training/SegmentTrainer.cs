@@ -57,6 +57,7 @@ public sealed class SegmentTrainer(
     WorkerIdentity identity,
     JobTracker jobs,
     ResidentFeatureSets residentFeatures,
+    SegmentTimeLimit timeLimit,
     ILogger<SegmentTrainer> logger)
 {
     private readonly CheckpointStore _checkpoints = new(store);
@@ -114,7 +115,7 @@ public sealed class SegmentTrainer(
         }
         else
         {
-            (tensors, testAccuracy) = await TrainNetworkAsync(job, plan, splits, state, resume, generator, rows, firstEpoch, progress, ct);
+            (tensors, testAccuracy) = await TrainNetworkAsync(job, plan, splits, state, resume, generator, rows, firstEpoch, clock, progress, ct);
         }
         // Set by every epoch trained; unset only when the checkpoint resumed from already ends the segment.
         int lastEpoch = state.LastEpoch ?? job.EpochTo - 1;
@@ -239,9 +240,10 @@ public sealed class SegmentTrainer(
 
     private async Task<(List<CheckpointTensor> Tensors, double? TestAccuracy)> TrainNetworkAsync(
         TrainSegment job, TrialPlan plan, TrialSplits splits, TrainingState state, LoadedCheckpoint? resume, Generator generator,
-        List<EpochRow> rows, int firstEpoch, Action<TrialProgress>? progress, CancellationToken ct)
+        List<EpochRow> rows, int firstEpoch, Stopwatch clock, Action<TrialProgress>? progress, CancellationToken ct)
     {
         TrialSettings settings = job.Settings;
+        TimeSpan longestEpoch = TimeSpan.Zero;
         using Backbone model = BuildModel(plan, settings, job.Data.ClassNames.Count);
         if (resume is not null)
         {
@@ -258,6 +260,13 @@ public sealed class SegmentTrainer(
             for (int epoch = firstEpoch; epoch < job.EpochTo && !state.StoppedEarly; epoch++)
             {
                 ct.ThrowIfCancellationRequested();
+                if (!timeLimit.AllowsAnotherEpoch(clock.Elapsed, longestEpoch, epoch - firstEpoch))
+                {
+                    logger.LogInformation("Trial {Trial} segment {Segment} ends after epoch {Epoch} of {To}: another epoch (up to {Longest:F0} s) would pass the segment time limit of {Limit:F0} s; the coordinator sends the rest",
+                        job.TrialId, job.Segment, epoch - 1, job.EpochTo - 1, longestEpoch.TotalSeconds, timeLimit.Limit!.Value.TotalSeconds);
+                    break;
+                }
+                long epochStarted = Stopwatch.GetTimestamp();
                 (string stage, string? frozenTap) = plan.StageOf(epoch);
                 if (stage != trainerStage)
                 {
@@ -278,10 +287,15 @@ public sealed class SegmentTrainer(
                 EpochMetrics validation = await EvaluateAsync(trainer, await splits.ForAsync("validation", stage, ct), settings.BatchSize, job, epoch, "validation", progress, ct);
                 rows.Add(new EpochRow(epoch, "validation", validation.Loss, validation.Accuracy, validation.ImagesPerSecond, validation.Seconds));
                 state.EpochDone(epoch, stage, validation.Accuracy, settings.Patience);
+                TimeSpan epochTook = Stopwatch.GetElapsedTime(epochStarted);
+                longestEpoch = epochTook > longestEpoch ? epochTook : longestEpoch;
                 logger.LogInformation("Trial {Trial} epoch {Epoch} ({Stage}): train loss {Loss:F4} accuracy {TrainAccuracy:P2}, validation accuracy {Accuracy:P2}, {Rate:F1} images/s",
                     job.TrialId, epoch, stage, trained.Loss, trained.Accuracy, validation.Accuracy, trained.ImagesPerSecond);
             }
-            bool last = job.IsLast || state.StoppedEarly;
+            // Scored on the test set only when no epoch is left to train: the trial stopped early, or this is its last
+            // segment and it reached its end (not cut short by the time limit).
+            bool reachedEnd = (state.LastEpoch ?? job.EpochTo - 1) >= job.EpochTo - 1;
+            bool last = (job.IsLast && reachedEnd) || state.StoppedEarly;
             if (last && splits.HasTest && trainer is not null)
             {
                 (string stage, string? frozenTap) = plan.StageOf(state.LastEpoch ?? job.EpochTo - 1);

@@ -106,6 +106,48 @@ public sealed class SegmentTrainerTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>
+    /// A segment bounded in time ends at an epoch boundary (limit 0: after one epoch), is not scored on the test set
+    /// while epochs remain, and the trial continued as the coordinator continues it (from the last recorded epoch)
+    /// ends with the metrics of an unbounded run.
+    /// </summary>
+    [Fact]
+    public async Task A_segment_past_its_time_limit_ends_at_an_epoch_boundary_and_the_trial_continues_to_the_same_metrics()
+    {
+        await using TrainingFixture fixture = await TrainingFixture.CreateAsync();
+        TrialSettings settings = Settings("from-scratch", epochs: 3, lr: 1e-3);
+        TrialData data = fixture.Data();
+
+        var whole = Guid.NewGuid();
+        await RunAsync(fixture, fixture.NewTrainer(), TrainingFixture.Segment(whole, settings, data, 0, 0, 3));
+
+        var bounded = Guid.NewGuid();
+        var outcomes = new List<SegmentOutcome>();
+        int from = 0;
+        for (int segment = 0; from < settings.Epochs; segment++)
+        {
+            SegmentOutcome outcome = await RunAsync(fixture, fixture.NewTrainer(timeLimit: SegmentTimeLimit.FromSeconds(0)),
+                TrainingFixture.Segment(bounded, settings, data, segment, from, settings.Epochs));
+            outcomes.Add(outcome);
+            from = outcome.LastEpoch + 1;
+        }
+        outcomes.Select(o => o.LastEpoch).ShouldBe([0, 1, 2]);
+        outcomes.Select(o => o.TestAccuracy is not null).ShouldBe([false, false, true]);
+
+        List<EpochMetricRecord> a = await MetricsAsync(fixture, whole);
+        List<EpochMetricRecord> b = await MetricsAsync(fixture, bounded);
+        b.Select(m => (m.Epoch, m.Split)).ShouldBe(a.Select(m => (m.Epoch, m.Split)));
+        for (int i = 0; i < a.Count; i++)
+        {
+            b[i].Loss.ShouldBe(a[i].Loss, 1e-9, $"epoch {a[i].Epoch} {a[i].Split}");
+        }
+        // Without a bound, and with one that a tiny epoch never reaches, the segment trains all its epochs.
+        SegmentTimeLimit.None.AllowsAnotherEpoch(TimeSpan.FromDays(1), TimeSpan.FromDays(1), 5).ShouldBeTrue();
+        SegmentTimeLimit.FromSeconds(60).AllowsAnotherEpoch(TimeSpan.FromSeconds(50), TimeSpan.FromSeconds(11), 3).ShouldBeFalse();
+        SegmentTimeLimit.FromSeconds(60).AllowsAnotherEpoch(TimeSpan.FromSeconds(50), TimeSpan.FromSeconds(9), 3).ShouldBeTrue();
+        SegmentTimeLimit.FromSeconds(0).AllowsAnotherEpoch(TimeSpan.FromSeconds(50), TimeSpan.FromSeconds(9), 0).ShouldBeTrue();
+    }
+
     [Fact]
     public async Task A_corrupt_checkpoint_is_detected_and_the_one_before_it_used()
     {

@@ -50,8 +50,8 @@ internal sealed class TrainingFixture : IAsyncDisposable
 
     /// <summary>A trainer as a worker has one: a new instance is what a restarted worker process would build (with
     /// nothing in memory, unless <paramref name="resident"/> is the one an earlier trainer of the same process used).</summary>
-    public SegmentTrainer NewTrainer(ResidentFeatureSets? resident = null, string workerId = "test-worker") => new(Databases, Store, new DatasetManifestCache(Store), TestKernels.Verifier,
-        WorkerIdentity.Create(workerId, TorchDevice.Cpu), new JobTracker(), resident ?? NewResidentFeatures(), NullLogger<SegmentTrainer>.Instance);
+    public SegmentTrainer NewTrainer(ResidentFeatureSets? resident = null, string workerId = "test-worker", SegmentTimeLimit? timeLimit = null) => new(Databases, Store, new DatasetManifestCache(Store), TestKernels.Verifier,
+        WorkerIdentity.Create(workerId, TorchDevice.Cpu), new JobTracker(), resident ?? NewResidentFeatures(), timeLimit ?? SegmentTimeLimit.None, NullLogger<SegmentTrainer>.Instance);
 
     /// <summary>A worker's feature sets in memory, reading this fixture's storage, with room for 256 MiB.</summary>
     public ResidentFeatureSets NewResidentFeatures(long budgetBytes = 256L << 20) =>
