@@ -66,12 +66,14 @@ public sealed class FeatureSetService(ClusterDbContextFactory databases, Cluster
             return;
         }
         string[] keys = [.. evictions.Select(e => e.Key)];
-        await using (var transaction = await db.Database.BeginTransactionAsync(ct))
+        // Inside the provider's execution strategy: PostgreSQL's retrying one refuses a transaction begun outside it.
+        await db.Database.CreateExecutionStrategy().ExecuteAsync(async token =>
         {
-            await db.FeatureShards.Where(s => keys.Contains(s.FeatureSetKey)).ExecuteDeleteAsync(ct);
-            await db.FeatureSets.Where(s => keys.Contains(s.Key)).ExecuteDeleteAsync(ct);
-            await transaction.CommitAsync(ct);
-        }
+            await using var transaction = await db.Database.BeginTransactionAsync(token);
+            await db.FeatureShards.Where(s => keys.Contains(s.FeatureSetKey)).ExecuteDeleteAsync(token);
+            await db.FeatureSets.Where(s => keys.Contains(s.Key)).ExecuteDeleteAsync(token);
+            await transaction.CommitAsync(token);
+        }, ct);
         foreach (string key in keys)
         {
             Store.Delete($"features/{key}");

@@ -143,57 +143,65 @@ public sealed class SegmentTrainer(
     /// completed the segment first: then <see cref="AlreadyRecordedException"/>, and nothing is written.</summary>
     public async Task RecordAsync(TrainSegment job, SegmentOutcome outcome)
     {
-        await using ClusterDbContext db = databases.CreateDbContext();
-        await using IDbContextTransaction transaction = await db.Database.BeginTransactionAsync();
-        SegmentRecord? segment = await db.Segments.SingleOrDefaultAsync(s => s.TrialId == job.TrialId && s.Index == job.Segment);
-        if (segment is null)
+        // A transaction of ours runs inside the provider's execution strategy (PostgreSQL's retries transient failures,
+        // and refuses a transaction begun outside it); each attempt starts from a fresh context.
+        await using (ClusterDbContext strategyContext = databases.CreateDbContext())
         {
-            segment = new SegmentRecord { TrialId = job.TrialId, Index = job.Segment };
-            db.Segments.Add(segment);
-        }
-        else
-        {
-            // Claim the row: only one delivery completes a segment. The conditional update locks the row, so of two
-            // deliveries recording at once the second sees the first's Completed after it commits, and loses.
-            int claimed = await db.Segments
-                .Where(s => s.TrialId == job.TrialId && s.Index == job.Segment && s.Status != SegmentStatus.Completed)
-                .ExecuteUpdateAsync(s => s.SetProperty(r => r.Status, SegmentStatus.Completed));
-            if (claimed == 0)
+            await strategyContext.Database.CreateExecutionStrategy().ExecuteAsync(async () =>
             {
-                throw new AlreadyRecordedException($"Segment {job.Segment} of trial {job.TrialId} is already recorded complete by {segment.WorkerId}");
-            }
+                await using ClusterDbContext db = databases.CreateDbContext();
+                await using IDbContextTransaction transaction = await db.Database.BeginTransactionAsync();
+                SegmentRecord? segment = await db.Segments.SingleOrDefaultAsync(s => s.TrialId == job.TrialId && s.Index == job.Segment);
+                if (segment is null)
+                {
+                    segment = new SegmentRecord { TrialId = job.TrialId, Index = job.Segment };
+                    db.Segments.Add(segment);
+                }
+                else
+                {
+                    // Claim the row: only one delivery completes a segment. The conditional update locks the row, so of two
+                    // deliveries recording at once the second sees the first's Completed after it commits, and loses.
+                    int claimed = await db.Segments
+                        .Where(s => s.TrialId == job.TrialId && s.Index == job.Segment && s.Status != SegmentStatus.Completed)
+                        .ExecuteUpdateAsync(s => s.SetProperty(r => r.Status, SegmentStatus.Completed));
+                    if (claimed == 0)
+                    {
+                        throw new AlreadyRecordedException($"Segment {job.Segment} of trial {job.TrialId} is already recorded complete by {segment.WorkerId}");
+                    }
+                }
+                int[] epochs = [.. outcome.Epochs.Select(r => r.Epoch).Distinct()];
+                List<EpochMetricRecord> old = await db.EpochMetrics.Where(m => m.TrialId == job.TrialId && epochs.Contains(m.Epoch)).ToListAsync();
+                db.EpochMetrics.RemoveRange(old);
+                db.EpochMetrics.AddRange(outcome.Epochs.Select(r => new EpochMetricRecord
+                {
+                    TrialId = job.TrialId,
+                    Epoch = r.Epoch,
+                    Split = r.Split,
+                    Loss = r.Loss,
+                    Accuracy = r.Accuracy,
+                    ImagesPerSecond = r.ImagesPerSecond,
+                    Seconds = r.Seconds,
+                    LearningRate = r.LearningRate,
+                }));
+                segment.EpochFrom = job.EpochFrom;
+                segment.EpochTo = job.EpochTo;
+                segment.CheckpointPath = outcome.Checkpoint;
+                segment.Sha256 = outcome.Sha256;
+                segment.WorkerId = identity.WorkerId;
+                segment.Status = SegmentStatus.Completed;
+                segment.Attempts++;
+                segment.LastEpoch = outcome.LastEpoch;
+                segment.ValidationAccuracy = outcome.ValidationAccuracy;
+                segment.TestAccuracy = outcome.TestAccuracy;
+                segment.StoppedEarly = outcome.StoppedEarly;
+                segment.Seconds = outcome.Seconds;
+                segment.FailureReason = null;
+                segment.StartedAt = outcome.StartedAt;
+                segment.CompletedAt = DateTime.UtcNow;
+                await db.SaveChangesAsync();
+                await transaction.CommitAsync();
+            });
         }
-        int[] epochs = [.. outcome.Epochs.Select(r => r.Epoch).Distinct()];
-        List<EpochMetricRecord> old = await db.EpochMetrics.Where(m => m.TrialId == job.TrialId && epochs.Contains(m.Epoch)).ToListAsync();
-        db.EpochMetrics.RemoveRange(old);
-        db.EpochMetrics.AddRange(outcome.Epochs.Select(r => new EpochMetricRecord
-        {
-            TrialId = job.TrialId,
-            Epoch = r.Epoch,
-            Split = r.Split,
-            Loss = r.Loss,
-            Accuracy = r.Accuracy,
-            ImagesPerSecond = r.ImagesPerSecond,
-            Seconds = r.Seconds,
-            LearningRate = r.LearningRate,
-        }));
-        segment.EpochFrom = job.EpochFrom;
-        segment.EpochTo = job.EpochTo;
-        segment.CheckpointPath = outcome.Checkpoint;
-        segment.Sha256 = outcome.Sha256;
-        segment.WorkerId = identity.WorkerId;
-        segment.Status = SegmentStatus.Completed;
-        segment.Attempts++;
-        segment.LastEpoch = outcome.LastEpoch;
-        segment.ValidationAccuracy = outcome.ValidationAccuracy;
-        segment.TestAccuracy = outcome.TestAccuracy;
-        segment.StoppedEarly = outcome.StoppedEarly;
-        segment.Seconds = outcome.Seconds;
-        segment.FailureReason = null;
-        segment.StartedAt = outcome.StartedAt;
-        segment.CompletedAt = DateTime.UtcNow;
-        await db.SaveChangesAsync();
-        await transaction.CommitAsync();
         WriteLearningCurves(job, outcome);
         if (residentFeatures.Loads > 0)
         {
