@@ -82,7 +82,7 @@ public sealed class WorkerJobRunner(JobTracker jobs, ILogger<WorkerJobRunner> lo
             logger.LogWarning("Job {JobId} stopped before it finished: its delivery was cancelled (shutdown, or the connection to the broker was lost)", jobId);
             throw;
         }
-        catch (Exception e) when (job.Failed is not null && !(e is OperationCanceledException && ct.IsCancellationRequested))
+        catch (Exception e) when (job.Failed is not null)
         {
             Exception cause = e is AggregateException { InnerExceptions.Count: 1 } a ? a.InnerExceptions[0] : e;
             bool explained = IsExplained(cause);

@@ -144,64 +144,63 @@ public sealed class SegmentTrainer(
     public async Task RecordAsync(TrainSegment job, SegmentOutcome outcome)
     {
         // A transaction of ours runs inside the provider's execution strategy (PostgreSQL's retries transient failures,
-        // and refuses a transaction begun outside it); each attempt starts from a fresh context.
-        await using (ClusterDbContext strategyContext = databases.CreateDbContext())
+        // and refuses a transaction begun outside it).
+        await using ClusterDbContext db = databases.CreateDbContext();
+        await db.Database.CreateExecutionStrategy().ExecuteAsync(async () =>
         {
-            await strategyContext.Database.CreateExecutionStrategy().ExecuteAsync(async () =>
+            // A retried attempt starts from what the database holds, not from the entities of the failed one.
+            db.ChangeTracker.Clear();
+            await using IDbContextTransaction transaction = await db.Database.BeginTransactionAsync();
+            SegmentRecord? segment = await db.Segments.SingleOrDefaultAsync(s => s.TrialId == job.TrialId && s.Index == job.Segment);
+            if (segment is null)
             {
-                await using ClusterDbContext db = databases.CreateDbContext();
-                await using IDbContextTransaction transaction = await db.Database.BeginTransactionAsync();
-                SegmentRecord? segment = await db.Segments.SingleOrDefaultAsync(s => s.TrialId == job.TrialId && s.Index == job.Segment);
-                if (segment is null)
+                segment = new SegmentRecord { TrialId = job.TrialId, Index = job.Segment };
+                db.Segments.Add(segment);
+            }
+            else
+            {
+                // Claim the row: only one delivery completes a segment. The conditional update locks the row, so of two
+                // deliveries recording at once the second sees the first's Completed after it commits, and loses.
+                int claimed = await db.Segments
+                    .Where(s => s.TrialId == job.TrialId && s.Index == job.Segment && s.Status != SegmentStatus.Completed)
+                    .ExecuteUpdateAsync(s => s.SetProperty(r => r.Status, SegmentStatus.Completed));
+                if (claimed == 0)
                 {
-                    segment = new SegmentRecord { TrialId = job.TrialId, Index = job.Segment };
-                    db.Segments.Add(segment);
+                    throw new AlreadyRecordedException($"Segment {job.Segment} of trial {job.TrialId} is already recorded complete by {segment.WorkerId}");
                 }
-                else
-                {
-                    // Claim the row: only one delivery completes a segment. The conditional update locks the row, so of two
-                    // deliveries recording at once the second sees the first's Completed after it commits, and loses.
-                    int claimed = await db.Segments
-                        .Where(s => s.TrialId == job.TrialId && s.Index == job.Segment && s.Status != SegmentStatus.Completed)
-                        .ExecuteUpdateAsync(s => s.SetProperty(r => r.Status, SegmentStatus.Completed));
-                    if (claimed == 0)
-                    {
-                        throw new AlreadyRecordedException($"Segment {job.Segment} of trial {job.TrialId} is already recorded complete by {segment.WorkerId}");
-                    }
-                }
-                int[] epochs = [.. outcome.Epochs.Select(r => r.Epoch).Distinct()];
-                List<EpochMetricRecord> old = await db.EpochMetrics.Where(m => m.TrialId == job.TrialId && epochs.Contains(m.Epoch)).ToListAsync();
-                db.EpochMetrics.RemoveRange(old);
-                db.EpochMetrics.AddRange(outcome.Epochs.Select(r => new EpochMetricRecord
-                {
-                    TrialId = job.TrialId,
-                    Epoch = r.Epoch,
-                    Split = r.Split,
-                    Loss = r.Loss,
-                    Accuracy = r.Accuracy,
-                    ImagesPerSecond = r.ImagesPerSecond,
-                    Seconds = r.Seconds,
-                    LearningRate = r.LearningRate,
-                }));
-                segment.EpochFrom = job.EpochFrom;
-                segment.EpochTo = job.EpochTo;
-                segment.CheckpointPath = outcome.Checkpoint;
-                segment.Sha256 = outcome.Sha256;
-                segment.WorkerId = identity.WorkerId;
-                segment.Status = SegmentStatus.Completed;
-                segment.Attempts++;
-                segment.LastEpoch = outcome.LastEpoch;
-                segment.ValidationAccuracy = outcome.ValidationAccuracy;
-                segment.TestAccuracy = outcome.TestAccuracy;
-                segment.StoppedEarly = outcome.StoppedEarly;
-                segment.Seconds = outcome.Seconds;
-                segment.FailureReason = null;
-                segment.StartedAt = outcome.StartedAt;
-                segment.CompletedAt = DateTime.UtcNow;
-                await db.SaveChangesAsync();
-                await transaction.CommitAsync();
-            });
-        }
+            }
+            int[] epochs = [.. outcome.Epochs.Select(r => r.Epoch).Distinct()];
+            List<EpochMetricRecord> old = await db.EpochMetrics.Where(m => m.TrialId == job.TrialId && epochs.Contains(m.Epoch)).ToListAsync();
+            db.EpochMetrics.RemoveRange(old);
+            db.EpochMetrics.AddRange(outcome.Epochs.Select(r => new EpochMetricRecord
+            {
+                TrialId = job.TrialId,
+                Epoch = r.Epoch,
+                Split = r.Split,
+                Loss = r.Loss,
+                Accuracy = r.Accuracy,
+                ImagesPerSecond = r.ImagesPerSecond,
+                Seconds = r.Seconds,
+                LearningRate = r.LearningRate,
+            }));
+            segment.EpochFrom = job.EpochFrom;
+            segment.EpochTo = job.EpochTo;
+            segment.CheckpointPath = outcome.Checkpoint;
+            segment.Sha256 = outcome.Sha256;
+            segment.WorkerId = identity.WorkerId;
+            segment.Status = SegmentStatus.Completed;
+            segment.Attempts++;
+            segment.LastEpoch = outcome.LastEpoch;
+            segment.ValidationAccuracy = outcome.ValidationAccuracy;
+            segment.TestAccuracy = outcome.TestAccuracy;
+            segment.StoppedEarly = outcome.StoppedEarly;
+            segment.Seconds = outcome.Seconds;
+            segment.FailureReason = null;
+            segment.StartedAt = outcome.StartedAt;
+            segment.CompletedAt = DateTime.UtcNow;
+            await db.SaveChangesAsync();
+            await transaction.CommitAsync();
+        });
         WriteLearningCurves(job, outcome);
         if (residentFeatures.Loads > 0)
         {
@@ -302,11 +301,11 @@ public sealed class SegmentTrainer(
             }
             // Scored on the test set only when no epoch is left to train: the trial stopped early, or this is its last
             // segment and it reached its end (not cut short by the time limit).
-            bool reachedEnd = (state.LastEpoch ?? job.EpochTo - 1) >= job.EpochTo - 1;
-            bool last = (job.IsLast && reachedEnd) || state.StoppedEarly;
+            int lastEpoch = state.LastEpoch ?? job.EpochTo - 1;
+            bool last = (job.IsLast && lastEpoch >= job.EpochTo - 1) || state.StoppedEarly;
             if (last && splits.HasTest && trainer is not null)
             {
-                (string stage, string? frozenTap) = plan.StageOf(state.LastEpoch ?? job.EpochTo - 1);
+                (string stage, string? frozenTap) = plan.StageOf(lastEpoch);
                 EpochMetrics test = await EvaluateAsync(trainer, await splits.ForAsync("test", stage, ct), settings.BatchSize, job, state.LastEpoch ?? 0, "test", progress, ct);
                 rows.Add(new EpochRow(state.LastEpoch ?? 0, "test", test.Loss, test.Accuracy, test.ImagesPerSecond, test.Seconds));
                 testAccuracy = test.Accuracy;
