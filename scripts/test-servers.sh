@@ -5,6 +5,10 @@
 #   eval "$(scripts/test-servers.sh start)"   # stdout: `export NAME=value` lines; logs go to stderr
 #   scripts/test-servers.sh start DIR          # use DIR (an empty folder, e.g. from mktemp -d) as the state folder
 #   scripts/test-servers.sh stop [DIR]         # DIR defaults to $CLUSTER_TEST_SERVERS_DIR; idempotent
+#   scripts/test-servers.sh crash-restart rabbitmq|postgres [DIR]
+#                                              # SIGKILL the server (PostgreSQL: an immediate shutdown, which is
+#                                              # the same crash to its clients), start it again on the same ports
+#                                              # and data, return once it answers (the chaos tests' fault)
 #
 # Usage (sourced; never changes the caller's shell options):
 #   source scripts/test-servers.sh
@@ -464,13 +468,65 @@ cmd_stop() {
     return 0
 }
 
+# --- crash and restart (a fault the chaos tests inject) ----------------------------------------------
+
+# crash_restart SERVER DIR: the server dies as in a crash (no clean shutdown, connections cut), then
+# starts again on the same ports with the same data; returns once it serves again.
+cmd_crash_restart() {
+    local server=${1:-} dir=${2:-${CLUSTER_TEST_SERVERS_DIR:-}}
+    [[ -n "$dir" && -e "$dir/$MARKER" ]] || die "crash-restart: $dir is not a test-servers folder"
+    local rmq_user=rabbitmq pg_user=postgres
+    if [[ "$(id -u)" != 0 ]]; then
+        rmq_user="$(id -un)" pg_user="$(id -un)"
+    fi
+    case "$server" in
+        rabbitmq)
+            local rdir="$dir/rabbitmq" sid amqp_port mgmt_port pids deadline
+            read -r sid <"$dir/rabbitmq.sid"
+            amqp_port="$(sed -n 's/^export RABBITMQ_NODE_PORT=//p' "$rdir/node.env")"
+            mgmt_port="$(sed -n 's/^management.tcp.port = //p' "$rdir/rabbitmq.conf")"
+            # Every process of the node's session (the VM and its port programs), never epmd's.
+            pids="$(ps -o pid= -s "$sid" 2>/dev/null | tr -s ' \n' ' ')"
+            # shellcheck disable=SC2086
+            [[ -n "${pids// /}" ]] && kill -KILL $pids 2>/dev/null
+            deadline=$(($(now_ms) + 20000))
+            while port_in_use "$amqp_port" || [[ -n "$(ps -o pid= -s "$sid" 2>/dev/null)" ]]; do
+                (($(now_ms) < deadline)) || die "RabbitMQ (session $sid) did not die"
+                sleep 0.1
+            done
+            # shellcheck disable=SC2086
+            (cd "$rdir" && start_detached "$dir/rabbitmq.sid" "$rdir/log/stdout.log" \
+                $(as_user_prefix "$rmq_user") $CLEAN_ENV sh -c '. ./node.env; exec '"$RABBITMQ_SBIN"'/rabbitmq-server')
+            wait_for "RabbitMQ (restarted)" "$RABBITMQ_BOOT_DEADLINE_S" "$dir/rabbitmq.sid" \
+                rabbitmq_alive "$mgmt_port" "$amqp_port"
+            ;;
+        postgres)
+            local pdir="$dir/postgres" bindir pg_port pg_as
+            bindir="$(pg_bindir)"
+            pg_as="$(as_user_prefix "$pg_user")"
+            pg_port="$(sed -n 's/^port = //p' "$pdir/data/postgresql.conf" | tail -n 1)"
+            # shellcheck disable=SC2086
+            (cd "$pdir" && $pg_as $CLEAN_ENV HOME="$pdir" "$bindir/pg_ctl" -D "$pdir/data" -m immediate -w -t 30 stop \
+                </dev/null >>"$pdir/pg_ctl.log" 2>&1) || die "PostgreSQL did not stop"
+            # shellcheck disable=SC2086
+            (cd "$pdir" && $pg_as $CLEAN_ENV HOME="$pdir" "$bindir/pg_ctl" -D "$pdir/data" -l "$pdir/postgres.log" \
+                -w -t 60 start </dev/null >>"$pdir/pg_ctl.log" 2>&1) || die "PostgreSQL did not start again"
+            "$bindir/pg_isready" -q -h 127.0.0.1 -p "$pg_port" -U postgres -t 30 ||
+                die "PostgreSQL is not reachable on 127.0.0.1:$pg_port after its restart"
+            ;;
+        *) die "crash-restart: say rabbitmq or postgres" ;;
+    esac
+    log "$server crashed and restarted"
+}
+
 # --- main ------------------------------------------------------------------------------------------
 
 case "${1:-}" in
     start) shift; cmd_start "$@" ;;
     stop) shift; cmd_stop "$@" ;;
+    crash-restart) shift; cmd_crash_restart "$@" ;;
     *)
-        echo "usage: $0 start [DIR] | stop [DIR]   (or: source $0; cluster_test_servers_start)" >&2
+        echo "usage: $0 start [DIR] | stop [DIR] | crash-restart rabbitmq|postgres [DIR]   (or: source $0; cluster_test_servers_start)" >&2
         exit 2
         ;;
 esac

@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Text;
+using Shouldly;
 
 namespace Cluster.IntegrationTests.Support;
 
@@ -107,10 +108,23 @@ public sealed class ClusterProcess : IAsyncDisposable
     }
 
     /// <summary>SIGTERM, as Kubernetes sends on pod termination.</summary>
-    public void Terminate()
+    public void Terminate() => Signal("TERM");
+
+    /// <summary>SIGKILL (kill -9): no shutdown code runs, as when a node dies or the OOM killer strikes.</summary>
+    public void Kill() => Signal("KILL");
+
+    /// <summary>SIGSTOP: the process holds what it holds (deliveries, connections) and does nothing, as a hung GPU
+    /// driver or a node frozen under memory pressure would.</summary>
+    public void Freeze() => Signal("STOP");
+
+    /// <summary>SIGCONT after <see cref="Freeze"/>.</summary>
+    public void Thaw() => Signal("CONT");
+
+    private void Signal(string name)
     {
-        using Process kill = Process.Start("kill", ["-TERM", Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+        using Process kill = Process.Start("kill", ["-" + name, Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
         kill.WaitForExit();
+        kill.ExitCode.ShouldBe(0, $"kill -{name} {Id}");
     }
 
     public string Describe() => $"--- {CommandLine} (pid {Id})\n--- stdout:\n{StandardOutput}\n--- stderr:\n{StandardError}";

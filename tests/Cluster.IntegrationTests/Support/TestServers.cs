@@ -14,6 +14,37 @@ public static class TestServers
     public static int RabbitManagementPort =>
         int.Parse(Require("CLUSTER_TEST_RABBITMQ_MANAGEMENT_PORT"), System.Globalization.CultureInfo.InvariantCulture);
 
+    /// <summary>A rabbitmqctl bound to the test node (it runs as the broker's user when the tests run as root).</summary>
+    public static string RabbitMqCtl => Require("CLUSTER_TEST_RABBITMQCTL");
+
+    /// <summary>
+    /// Crashes one of the shared servers ("rabbitmq" or "postgres") and starts it again on the same ports and data; returns
+    /// once it serves again. Every test of the run uses these servers: only tests in <see cref="ServerFaultsCollection"/>,
+    /// which runs alone, may call it.
+    /// </summary>
+    public static async Task CrashRestartAsync(string server)
+    {
+        var start = new System.Diagnostics.ProcessStartInfo("bash")
+        {
+            RedirectStandardError = true,
+            RedirectStandardOutput = true,
+        };
+        foreach (string a in new[] { Path.Combine(RepoPaths.Root, "scripts", "test-servers.sh"), "crash-restart", server, Require("CLUSTER_TEST_SERVERS_DIR") })
+        {
+            start.ArgumentList.Add(a);
+        }
+        using var process = System.Diagnostics.Process.Start(start)!;
+        Task<string> stderr = process.StandardError.ReadToEndAsync();
+        Task<string> stdout = process.StandardOutput.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        if (process.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"crash-restart {server} failed (exit {process.ExitCode}):\n{await stdout}\n{await stderr}");
+        }
+        // Pooled connections to the old server are dead: the tests' own next connections must be new ones.
+        Npgsql.NpgsqlConnection.ClearAllPools();
+    }
+
     /// <summary>Superuser connection to the server's `postgres` database.</summary>
     public static string PostgresAdmin => Require("CLUSTER_TEST_POSTGRES");
 
@@ -23,3 +54,7 @@ public static class TestServers
             : throw new InvalidOperationException(
                 $"{name} is not set: integration tests need the RabbitMQ and PostgreSQL servers that scripts/test.sh starts (run the tests with scripts/test.sh).");
 }
+
+/// <summary>Tests that crash the shared servers: they run alone, after every parallel test of the assembly.</summary>
+[CollectionDefinition(nameof(ServerFaultsCollection), DisableParallelization = true)]
+public sealed class ServerFaultsCollection;
