@@ -85,6 +85,9 @@ public sealed record SweepSpec
     /// <summary>`strategy: auto`'s thresholds (the defaults when the spec has no `auto`).</summary>
     public AutoSpec Auto { get; init; } = AutoSpec.Default;
 
+    /// <summary>The largest spec file read.</summary>
+    public const long MaxBytes = 1 << 20;
+
     /// <summary>
     /// Parses and checks a spec. Relative paths (dataset, weights files) are taken from <paramref name="baseDirectory"/>,
     /// the spec file's folder (default: the current directory). Throws <see cref="SpecException"/> at the first problem.
@@ -98,6 +101,14 @@ public sealed record SweepSpec
         string text;
         try
         {
+            // Checked before reading: a spec is a page of YAML, and a runaway file (a generated list, a wrong path
+            // to a data file) must not be read whole into memory and parsed first.
+            long size = new FileInfo(path).Length;
+            if (size > MaxBytes)
+            {
+                throw new SpecException(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                    $"{path}: the spec is {size / 1048576.0:F1} MiB; a sweep spec is at most {MaxBytes / 1024} KiB (give ranges or distributions instead of long lists)"));
+            }
             text = File.ReadAllText(path);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)

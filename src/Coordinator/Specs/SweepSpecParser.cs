@@ -434,7 +434,8 @@ internal sealed partial class SweepSpecParser
         ReadScalar<int> atLeastOne = Integer(1, int.MaxValue, "must be a whole number of at least 1");
         return new SearchSpec(
             PlainOrDefault(fields, "method", "search.method", method) ?? "grid",
-            PlainOrDefault(fields, "trials", "search.trials", atLeastOne),
+            PlainOrDefault(fields, "trials", "search.trials",
+                Integer(1, Cluster.Coordinator.Search.SearchPlan.MaxTrials, string.Create(CultureInfo.InvariantCulture, $"must be a whole number from 1 to {Cluster.Coordinator.Search.SearchPlan.MaxTrials:N0} (the most one sweep runs)"))),
             PlainOrDefault(fields, "min_epochs", "search.min_epochs", atLeastOne),
             PlainOrDefault(fields, "reduction", "search.reduction", Number(v => v > 1, "must be a number above 1")),
             entry.Line);

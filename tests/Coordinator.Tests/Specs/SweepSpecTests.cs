@@ -252,7 +252,9 @@ public sealed class SweepSpecTests
     [InlineData("augment: rotate", "augment 'rotate' is not one of: none, flip, crop-flip")]
     [InlineData("precision: fp16", "precision 'fp16' is not one of: fp32, bf16")]
     [InlineData("search: {method: bayes}", "search.method 'bayes' is not one of: grid, random, asha")]
-    [InlineData("search: {method: random, trials: 0}", "search.trials 0 must be a whole number of at least 1")]
+    [InlineData("search: {method: random, trials: 0}", "search.trials 0 must be a whole number from 1 to 100,000")]
+    [InlineData("search: {method: random, trials: 1000000000000}", "search.trials 1000000000000 must be a whole number from 1 to 100,000")]
+    [InlineData("epochs: -3", "epochs -3 must be a whole number of at least 1")]
     [InlineData("metric: {name: accuracy}", "metric.name 'accuracy' is not one of: val_accuracy, val_loss")]
     [InlineData("metric: {name: val_loss, mode: max}", "metric.mode 'max' with metric val_loss: val_loss is better lower, so mode must be min")]
     [InlineData("model: resnet19", "model 'resnet19' is not one of: resnet18, resnet34,")]
@@ -313,6 +315,24 @@ public sealed class SweepSpecTests
     {
         Error($"name: test\ndataset:\n  train: train\n  validation: {fraction}\n").ShouldBe(
             $"spec.yaml line 4: dataset.validation {fraction} must be a fraction of train in (0, 1), or a folder");
+    }
+
+    [Fact]
+    public void A_spec_file_of_megabytes_is_refused_by_its_size_before_it_is_read()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"huge-spec-{Guid.NewGuid():N}.yaml");
+        // A valid beginning and a learning-rate list of ten megabytes: refused by size, not parsed.
+        File.WriteAllText(path, Spec("lr: [" + string.Join(", ", Enumerable.Repeat("0.001", 1_700_000)) + "]"));
+        try
+        {
+            string message = Should.Throw<SpecException>(() => SweepSpec.Load(path)).Message;
+            message.ShouldStartWith($"{path}: the spec is 11.3 MiB; a sweep spec is at most 1024 KiB");
+            message.ShouldNotContain("0.001");
+        }
+        finally
+        {
+            File.Delete(path);
+        }
     }
 
     [Fact]
