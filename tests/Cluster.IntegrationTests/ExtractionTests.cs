@@ -21,8 +21,7 @@ public sealed class ExtractionTests : IAsyncLifetime
     {
         _cluster = await IsolatedCluster.CreateAsync();
         _dataset = Path.Combine(_cluster.StorageRoot, "images");
-        (int code, ClusterProcess migrate) = await _cluster.RunCoordinatorAsync(s_deadline, "db", "migrate");
-        code.ShouldBe(0, migrate.Describe());
+        await _cluster.MigrateAsync(s_deadline);
         // The service plans and completes feature sets; `extract` asks it and follows.
         _cluster.Coordinator("serve", "--cluster");
     }
@@ -232,8 +231,7 @@ public sealed class FailedShardTests : IAsyncLifetime
     public async Task InitializeAsync()
     {
         _cluster = await IsolatedCluster.CreateAsync();
-        (int code, ClusterProcess migrate) = await _cluster.RunCoordinatorAsync(s_deadline, "db", "migrate");
-        code.ShouldBe(0, migrate.Describe());
+        await _cluster.MigrateAsync(s_deadline);
         // The service plans and completes feature sets; `extract` asks it and follows.
         _cluster.Coordinator("serve", "--cluster");
     }

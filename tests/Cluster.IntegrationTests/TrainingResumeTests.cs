@@ -20,8 +20,7 @@ public sealed class TrainingResumeTests : IAsyncLifetime
     public async Task InitializeAsync()
     {
         _cluster = await IsolatedCluster.CreateAsync();
-        (int code, ClusterProcess migrate) = await _cluster.RunCoordinatorAsync(s_deadline, "db", "migrate");
-        code.ShouldBe(0, migrate.Describe());
+        await _cluster.MigrateAsync(s_deadline);
     }
 
     public async Task DisposeAsync() => await _cluster.DisposeAsync();

@@ -86,7 +86,7 @@ public sealed class ClusterProcess : IAsyncDisposable
         new(RepoPaths.CoordinatorDll, args, cluster.Environment, cluster.StorageRoot);
 
     public static ClusterProcess Worker(IsolatedCluster cluster, params string[] args) =>
-        new(RepoPaths.WorkerDll, args, cluster.Environment, cluster.StorageRoot);
+        new(RepoPaths.WorkerDll, args, cluster.WorkerEnvironment, cluster.StorageRoot);
 
     public static ClusterProcess Start(string dll, IReadOnlyDictionary<string, string> environment, string workingDirectory, params string[] args) =>
         new(dll, args, environment, workingDirectory);

@@ -41,7 +41,24 @@ public sealed class IsolatedCluster : IAsyncDisposable
             ["Worker__KernelCache"] = s_kernelCache,
             ["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1",
         };
+        // Workers run as the deployment runs them: their own PostgreSQL role, granted only what a worker needs by
+        // `db migrate --worker-role`, and their own RabbitMQ user with rights on this virtual host alone.
+        WorkerRole = name + "_worker";
+        WorkerPassword = Guid.NewGuid().ToString("N");
     }
+
+    /// <summary>The workers' PostgreSQL role and RabbitMQ user (one name for both).</summary>
+    public string WorkerRole { get; }
+
+    public string WorkerPassword { get; }
+
+    /// <summary><see cref="Environment"/> (as a test has changed it) with the workers' own credentials.</summary>
+    public Dictionary<string, string> WorkerEnvironment => new(Environment)
+    {
+        ["RabbitMq__Username"] = WorkerRole,
+        ["RabbitMq__Password"] = WorkerPassword,
+        ["Database__ConnectionString"] = new NpgsqlConnectionStringBuilder(Environment["Database__ConnectionString"]) { Username = WorkerRole, Password = WorkerPassword }.ConnectionString,
+    };
 
     /// <summary>Used as the virtual host, the database and the storage folder name.</summary>
     public string Name { get; }
@@ -64,7 +81,19 @@ public sealed class IsolatedCluster : IAsyncDisposable
         await admin.OpenAsync();
         await using var create = new NpgsqlCommand($"CREATE DATABASE \"{cluster.Name}\"", admin);
         await create.ExecuteNonQueryAsync();
+        await using var role = new NpgsqlCommand($"CREATE ROLE {cluster.WorkerRole} LOGIN PASSWORD '{cluster.WorkerPassword}'", admin);
+        await role.ExecuteNonQueryAsync();
+        string user = Uri.EscapeDataString(cluster.WorkerRole);
+        (await s_management.PutAsync($"api/users/{user}", Json($$"""{"password":"{{cluster.WorkerPassword}}","tags":""}"""))).EnsureSuccessStatusCode();
+        (await s_management.PutAsync($"api/permissions/{vhost}/{user}", Json("""{"configure":".*","write":".*","read":".*"}"""))).EnsureSuccessStatusCode();
         return cluster;
+    }
+
+    /// <summary>`coordinator db migrate --worker-role`: the schema, and the workers' rights on it.</summary>
+    public async Task MigrateAsync(TimeSpan timeout)
+    {
+        (int code, ClusterProcess migrate) = await RunCoordinatorAsync(timeout, "db", "migrate", "--worker-role", WorkerRole);
+        code.ShouldBe(0, migrate.Describe());
     }
 
     public ClusterProcess Coordinator(params string[] args) => Track(ClusterProcess.Coordinator(this, args));
@@ -126,10 +155,13 @@ public sealed class IsolatedCluster : IAsyncDisposable
         try
         {
             await s_management.DeleteAsync($"api/vhosts/{Uri.EscapeDataString(Name)}");
+            await s_management.DeleteAsync($"api/users/{Uri.EscapeDataString(WorkerRole)}");
             await using var admin = new NpgsqlConnection(TestServers.PostgresAdmin);
             await admin.OpenAsync();
             await using var drop = new NpgsqlCommand($"DROP DATABASE IF EXISTS \"{Name}\" WITH (FORCE)", admin);
             await drop.ExecuteNonQueryAsync();
+            await using var dropRole = new NpgsqlCommand($"DROP ROLE IF EXISTS {WorkerRole}", admin);
+            await dropRole.ExecuteNonQueryAsync();
         }
         finally
         {
