@@ -260,11 +260,13 @@ public sealed class ChaosTests(ITestOutputHelper output) : IAsyncLifetime
         segments.ShouldAllBe(s => s.Status == SegmentStatus.Completed);
         foreach (TrialRecord trial in trials)
         {
-            // Retention keeps a finished trial's best checkpoint: it is there, whole.
+            // Retention keeps a finished trial's best checkpoint, whole; the others' rows no longer name a file.
             SegmentRecord best = segments.Single(s => s.TrialId == trial.Id && s.Index == trial.BestSegment);
             string file = Path.Combine(_cluster.StorageRoot, best.CheckpointPath!);
             Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(file))).ShouldBe(best.Sha256, best.CheckpointPath);
         }
+        segments.Where(s => s.CheckpointPath != null).ShouldAllBe(s => File.Exists(Path.Combine(_cluster.StorageRoot, s.CheckpointPath!)),
+            "no segment row points at a missing checkpoint");
         List<EpochMetricRecord> metrics = await db.EpochMetrics.AsNoTracking().Where(m => ids.Contains(m.TrialId)).ToListAsync();
         metrics.GroupBy(m => (m.TrialId, m.Epoch, m.Split)).ShouldAllBe(g => g.Count() == 1);
         metrics.Count(m => m.Split != "test").ShouldBe(Trials * Epochs * 2, "train and validation rows for each epoch");

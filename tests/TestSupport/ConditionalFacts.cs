@@ -38,3 +38,56 @@ public sealed class BenchmarkFactAttribute : FactAttribute
         }
     }
 }
+
+/// <summary>
+/// A test on a small file system of its own (tmpfs mounted for it: a full or read-only volume, for real): needs root
+/// with the right to mount, as in CI; skipped, saying so, elsewhere.
+/// </summary>
+public sealed class FactWhenMountableAttribute : FactAttribute
+{
+    private static readonly Lazy<string?> s_why = new(Probe);
+
+    public FactWhenMountableAttribute()
+    {
+        if (s_why.Value is string why)
+        {
+            Skip = why;
+        }
+    }
+
+    private static string? Probe()
+    {
+        if (!OperatingSystem.IsLinux() || !Environment.IsPrivilegedProcess)
+        {
+            return "needs root on Linux to mount a small tmpfs";
+        }
+        string folder = Directory.CreateTempSubdirectory("mount-probe-").FullName;
+        try
+        {
+            if (Run("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", folder) != 0)
+            {
+                return "mount -t tmpfs is not permitted here (no CAP_SYS_ADMIN)";
+            }
+            Run("umount", folder);
+            return null;
+        }
+        finally
+        {
+            Directory.Delete(folder);
+        }
+    }
+
+    public static int Run(string program, params string[] args)
+    {
+        var start = new System.Diagnostics.ProcessStartInfo(program) { RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (string a in args)
+        {
+            start.ArgumentList.Add(a);
+        }
+        using var process = System.Diagnostics.Process.Start(start)!;
+        process.StandardError.ReadToEnd();
+        process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        return process.ExitCode;
+    }
+}
