@@ -16,7 +16,10 @@ public static class CoordinatorCli
 {
     public static async Task<int> RunAsync(string[] args)
     {
-        Cluster.GpuWorker.Devices.TorchRuntime.Initialize();
+        if (!ReadsStateOnly(args))
+        {
+            Cluster.GpuWorker.Devices.TorchRuntime.Initialize();
+        }
         bool verbose = args.Any(a => a is "-v" or "--verbose");
         using var cancel = new CancellationTokenSource();
         ConsoleCancelEventHandler onCancel = (_, e) =>
@@ -67,6 +70,23 @@ public static class CoordinatorCli
             Console.CancelKeyPress -= onCancel;
             await Log.CloseAndFlushAsync();
         }
+    }
+
+    /// <summary>
+    /// Commands that only read or change cluster state (no tensors, no hosted worker): they skip loading libtorch, half a
+    /// second of every `sweep status` or `workers` on these machines. Everything else initializes it first, before any
+    /// native allocation (see TorchRuntime).
+    /// </summary>
+    private static bool ReadsStateOnly(string[] args)
+    {
+        string[] words = [.. args.Where(a => !a.StartsWith('-')).Take(2)];
+        return words switch
+        {
+            [] => true,
+            ["workers" or "errors" or "config" or "db", ..] => true,
+            ["sweep", "status" or "list" or "watch" or "results" or "cancel" or "resume"] => true,
+            _ => false,
+        };
     }
 
     public static CommandApp CreateApp()
