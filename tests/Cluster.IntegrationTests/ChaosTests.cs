@@ -102,13 +102,7 @@ public sealed class ChaosTests(ITestOutputHelper output) : IAsyncLifetime
             && (now.Segments + now.Shards > since.Segments + since.Shards || (now.SweepDone && now.FeaturesDone)) ? now : null,
             s_deadline, $"progress after {after}");
 
-    private async Task<Guid> SubmitAsync(string spec)
-    {
-        (int code, ClusterProcess submit) = await _cluster.RunCoordinatorAsync(s_deadline, "sweep", "submit", spec, "--cluster", "--format", "json");
-        code.ShouldBe(0, submit.Describe());
-        using JsonDocument json = JsonDocument.Parse(submit.StandardOutput);
-        return json.RootElement.GetProperty("sweep").GetGuid();
-    }
+    private Task<Guid> SubmitAsync(string spec) => _cluster.SubmitSweepAsync(spec, s_deadline);
 
     [Fact]
     public async Task A_sweep_and_an_extraction_survive_killed_workers_crashed_servers_and_a_killed_coordinator_with_the_results_of_a_calm_run()

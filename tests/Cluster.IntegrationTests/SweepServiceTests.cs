@@ -59,13 +59,7 @@ public sealed class SweepServiceTests : IAsyncLifetime
         return spec;
     }
 
-    private async Task<Guid> SubmitAsync(string spec)
-    {
-        (int code, ClusterProcess submit) = await _cluster.RunCoordinatorAsync(s_deadline, "sweep", "submit", spec, "--cluster", "--format", "json");
-        code.ShouldBe(0, submit.Describe());
-        using JsonDocument json = JsonDocument.Parse(submit.StandardOutput);
-        return json.RootElement.GetProperty("sweep").GetGuid();
-    }
+    private Task<Guid> SubmitAsync(string spec) => _cluster.SubmitSweepAsync(spec, s_deadline);
 
     private async Task<SweepRecord?> SweepAsync(Guid id)
     {

@@ -108,6 +108,15 @@ public sealed class IsolatedCluster : IAsyncDisposable
         return (code, process);
     }
 
+    /// <summary>`coordinator sweep submit SPEC --cluster`: the new sweep's id.</summary>
+    public async Task<Guid> SubmitSweepAsync(string spec, TimeSpan timeout)
+    {
+        (int code, ClusterProcess submit) = await RunCoordinatorAsync(timeout, "sweep", "submit", spec, "--cluster", "--format", "json");
+        code.ShouldBe(0, submit.Describe());
+        using JsonDocument json = JsonDocument.Parse(submit.StandardOutput);
+        return json.RootElement.GetProperty("sweep").GetGuid();
+    }
+
     /// <summary>This slice's broker settings, as the child processes read them from <see cref="Environment"/>.</summary>
     public Cluster.Hosting.RabbitMqOptions RabbitMq => new()
     {
