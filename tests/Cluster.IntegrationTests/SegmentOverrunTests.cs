@@ -1,0 +1,99 @@
+using Cluster.IntegrationTests.Support;
+using Cluster.Storage.Database.Entities;
+using Cluster.TestSupport.Training;
+using Microsoft.EntityFrameworkCore;
+using Shouldly;
+
+namespace Cluster.IntegrationTests;
+
+/// <summary>
+/// A segment that overruns RabbitMQ's consumer timeout on a live worker (one configured without the segment bound):
+/// the broker takes the delivery back, the worker's job is cancelled rather than left training a copy nobody will
+/// acknowledge, a worker with the bound resumes the trial, and every segment is recorded once.
+/// </summary>
+[Collection(nameof(ServerFaultsCollection))]
+public sealed class SegmentOverrunTests : IAsyncLifetime
+{
+    private const int Epochs = 12;
+    private static readonly TimeSpan s_deadline = TimeSpan.FromMinutes(6);
+    private IsolatedCluster _cluster = null!;
+
+    public async Task InitializeAsync()
+    {
+        _cluster = await IsolatedCluster.CreateAsync();
+        await _cluster.MigrateAsync(s_deadline);
+    }
+
+    public async Task DisposeAsync() => await _cluster.DisposeAsync();
+
+    [Fact]
+    public async Task An_overrun_delivery_is_taken_back_its_job_stops_and_a_bounded_worker_resumes_the_trial_recording_each_segment_once()
+    {
+        // The timeout short, and checked every second instead of every minute (RabbitMQ 3.10 checks it on the channel's
+        // tick); both are read when a channel opens, so they are set before any process connects.
+        await using BrokerSetting timeout = await BrokerSetting.SetAsync("consumer_timeout", 15_000);
+        await using BrokerSetting tick = await BrokerSetting.SetAsync("channel_tick_interval", 1_000);
+        string images = Path.Combine(_cluster.StorageRoot, "..", $"images-{_cluster.Name}");
+        StripeImages.Write(Path.Combine(images, "train"), perClass: 16);
+        string spec = Path.Combine(images, "overrun.yaml");
+        File.WriteAllText(spec, $"""
+            name: overrun
+            dataset:
+              train: train
+              validation: 0.25
+            model: resnet18
+            weights: random
+            input_size: 64
+            strategy: from-scratch
+            lr: 0.01
+            optimizer: sgd
+            epochs: {Epochs}
+            batch_size: 8
+            segment_epochs: {Epochs}
+            seed: 5
+            """);
+        _cluster.Coordinator("serve", "--cluster");
+        // The misconfigured worker: no bound, so its one segment of twelve epochs outlasts the timeout.
+        _cluster.Environment["Worker__SegmentTimeLimitSeconds"] = "-1";
+        string unbounded = "unbounded-" + _cluster.Name;
+        ClusterProcess overrunner = _cluster.Worker("--device", "cpu", "--id", unbounded);
+        Guid sweep = await _cluster.SubmitSweepAsync(spec, s_deadline);
+        await Eventually.WaitAsync(async () =>
+        {
+            await using var db = _cluster.Database();
+            return await db.Trials.AnyAsync(t => t.SweepId == sweep && t.Progress != null);
+        }, s_deadline, "the unbounded worker to be training");
+        // A worker as deployed: segments end well inside the timeout.
+        _cluster.Environment["Worker__SegmentTimeLimitSeconds"] = "4";
+        string bounded = "bounded-" + _cluster.Name;
+        _cluster.Worker("--device", "cpu", "--id", bounded);
+
+        await Eventually.WaitAsync(() => Task.FromResult(overrunner.Lines.Any(l => l.Contains("stopped before it finished", StringComparison.Ordinal))),
+            s_deadline, "the broker to take the overrun delivery back and the worker's job to stop\n" + overrunner.Describe());
+        // It would take the delivery back only to overrun again: out of the way, as an operator would fix its settings.
+        overrunner.Terminate();
+        await overrunner.WaitForExitAsync(s_deadline);
+
+        await Eventually.WaitAsync(async () =>
+        {
+            await using var db = _cluster.Database();
+            return (await db.Sweeps.AsNoTracking().SingleAsync(s => s.Id == sweep)).Status is SweepStatus.Completed or SweepStatus.Failed;
+        }, s_deadline, "the sweep to end\n" + _cluster.DescribeProcesses());
+        await using (var db = _cluster.Database())
+        {
+            TrialRecord trial = await db.Trials.AsNoTracking().SingleAsync(t => t.SweepId == sweep);
+            trial.Status.ShouldBe(TrialStatus.Completed, trial.FailureReason + "\n" + _cluster.DescribeProcesses());
+            trial.Epoch.ShouldBe(Epochs - 1);
+            List<SegmentRecord> segments = await db.Segments.AsNoTracking().Where(s => s.TrialId == trial.Id).OrderBy(s => s.Index).ToListAsync();
+            segments.Select(s => s.Index).ShouldBe(Enumerable.Range(0, segments.Count));
+            segments.Count.ShouldBeGreaterThan(1, "the bounded worker trained the twelve epochs in several segments");
+            segments.ShouldAllBe(s => s.Status == SegmentStatus.Completed && s.WorkerId == bounded, "the overrun copy never recorded");
+            // The segments cover the epochs once each, in order.
+            segments.Select(s => (s.EpochFrom, s.LastEpoch)).Zip(segments.Skip(1)).ShouldAllBe(p => p.First.LastEpoch + 1 == p.Second.EpochFrom);
+            segments[^1].LastEpoch.ShouldBe(Epochs - 1);
+            List<EpochMetricRecord> metrics = await db.EpochMetrics.AsNoTracking().Where(m => m.TrialId == trial.Id && m.Split != "test").ToListAsync();
+            metrics.GroupBy(m => (m.Epoch, m.Split)).ShouldAllBe(g => g.Count() == 1);
+            metrics.Count.ShouldBe(Epochs * 2);
+        }
+    }
+}
