@@ -587,7 +587,8 @@ public sealed class SweepDriver(ClusterDbContext db, FileStore store, ILogger lo
             // A trial that has ended keeps its best checkpoint only.
             bool ended = trial.Status is TrialStatus.Completed or TrialStatus.Stopped or TrialStatus.Failed;
             HashSet<int> keep = ended && trial.BestSegment is int best ? [best] : retained;
-            int[] pruned = [.. checkpoints.Segments(_sweep.Id.ToString(), trial.Id.ToString()).Where(s => !keep.Contains(s))];
+            (string sweepId, string trialId) = (_sweep.Id.ToString(), trial.Id.ToString());
+            int[] pruned = [.. checkpoints.Segments(sweepId, trialId).Where(s => !keep.Contains(s))];
             if (pruned.Length == 0)
             {
                 continue;
@@ -596,7 +597,7 @@ public sealed class SweepDriver(ClusterDbContext db, FileStore store, ILogger lo
             // (removed next time), never a row that points at a missing file.
             await db.Segments.Where(s => s.TrialId == trial.Id && pruned.Contains(s.Index) && s.CheckpointPath != null)
                 .ExecuteUpdateAsync(u => u.SetProperty(s => s.CheckpointPath, (string?)null).SetProperty(s => s.Sha256, (string?)null), ct);
-            long freed = checkpoints.Retain(_sweep.Id.ToString(), trial.Id.ToString(), keep);
+            long freed = checkpoints.Delete(sweepId, trialId, pruned);
             if (freed > 0)
             {
                 logger.LogDebug("Trial {Trial}: kept checkpoints {Kept}, freed {Freed} bytes", trial.Id, string.Join(",", keep), freed);

@@ -167,8 +167,15 @@ public sealed partial class CheckpointStore(FileStore files)
     public long Retain(string sweepId, string trialId, IReadOnlySet<int> keep)
     {
         ArgumentNullException.ThrowIfNull(keep);
+        return Delete(sweepId, trialId, Segments(sweepId, trialId).Where(s => !keep.Contains(s)));
+    }
+
+    /// <summary>Deletes the given segments' files (those that exist). Returns the bytes freed.</summary>
+    public long Delete(string sweepId, string trialId, IEnumerable<int> segments)
+    {
+        ArgumentNullException.ThrowIfNull(segments);
         long freed = 0;
-        foreach (int segment in Segments(sweepId, trialId).Where(s => !keep.Contains(s)))
+        foreach (int segment in segments)
         {
             foreach (string path in new[] { TensorsPath(sweepId, trialId, segment), InfoPath(sweepId, trialId, segment) })
             {
