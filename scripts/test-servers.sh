@@ -214,6 +214,11 @@ as_user_prefix() {
     fi
 }
 
+# The users the servers run as: rabbitmq and postgres under root, otherwise the caller.
+server_users() {
+    if [[ "$(id -u)" == 0 ]]; then echo "rabbitmq postgres"; else echo "$(id -un) $(id -un)"; fi
+}
+
 # The servers get a clean environment: nothing of the caller's (PGPORT, PGDATA, RABBITMQ_*, ERL_*)
 # leaks into them; each gets what it needs explicitly.
 CLEAN_ENV="env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 LC_ALL=C.UTF-8"
@@ -224,6 +229,22 @@ start_detached() {
     local sidfile=$1 log=$2
     shift 2
     setsid -f sh -c 'echo $$ > "$1"; shift; exec "$@"' sh "$sidfile" "$@" </dev/null >>"$log" 2>&1
+}
+
+# start_rabbitmq_node DIR USER: starts the node of state folder DIR in its own session (id in rabbitmq.sid).
+start_rabbitmq_node() {
+    local dir=$1 user=$2
+    # shellcheck disable=SC2046
+    (cd "$dir/rabbitmq" && start_detached "$dir/rabbitmq.sid" "$dir/rabbitmq/log/stdout.log" \
+        $(as_user_prefix "$user") $CLEAN_ENV sh -c '. ./node.env; exec '"$RABBITMQ_SBIN"'/rabbitmq-server')
+}
+
+# pg_ctl_as DIR USER ARGS...: pg_ctl on the data folder of state folder DIR, as USER (the caller redirects).
+pg_ctl_as() {
+    local pdir=$1/postgres user=$2
+    shift 2
+    # shellcheck disable=SC2046
+    (cd "$pdir" && $(as_user_prefix "$user") $CLEAN_ENV HOME="$pdir" "$(pg_bindir)/pg_ctl" -D "$pdir/data" "$@")
 }
 
 # --- start -----------------------------------------------------------------------------------------
@@ -262,10 +283,8 @@ cmd_start() {
     ports="$(pick_ports 5)"
     read -r amqp_port mgmt_port dist_port epmd_port pg_port <<<"$ports"
 
-    local rmq_user=rabbitmq pg_user=postgres
-    if [[ "$(id -u)" != 0 ]]; then
-        rmq_user="$(id -un)" pg_user="$(id -un)"
-    fi
+    local rmq_user pg_user
+    read -r rmq_user pg_user <<<"$(server_users)"
     id "$rmq_user" >/dev/null 2>&1 || die "user $rmq_user does not exist"
     id "$pg_user" >/dev/null 2>&1 || die "user $pg_user does not exist"
 
@@ -340,9 +359,7 @@ EOF
         $rmq_as $CLEAN_ENV ERL_EPMD_ADDRESS=127.0.0.1 epmd -address 127.0.0.1 -port "$epmd_port" -relaxed_command_check)
     wait_for "epmd on port $epmd_port" 20 "$dir/epmd.sid" port_in_use "$epmd_port"
 
-    # shellcheck disable=SC2086
-    (cd "$rdir" && start_detached "$dir/rabbitmq.sid" "$rdir/log/stdout.log" \
-        $rmq_as $CLEAN_ENV sh -c '. ./node.env; exec '"$RABBITMQ_SBIN"'/rabbitmq-server')
+    start_rabbitmq_node "$dir" "$rmq_user"
 
     # ---- PostgreSQL (started while RabbitMQ boots) ----
     local pdir="$dir/postgres" bindir
@@ -367,9 +384,7 @@ full_page_writes = off
 logging_collector = off
 EOF
     # pg_ctl detaches the postmaster into its own session (no ^C from our terminal reaches it).
-    # shellcheck disable=SC2086
-    (cd "$pdir" && $pg_as $CLEAN_ENV HOME="$pdir" "$bindir/pg_ctl" -D "$pdir/data" -l "$pdir/postgres.log" \
-        -w -t 60 start </dev/null >"$pdir/pg_ctl.log" 2>&1) ||
+    pg_ctl_as "$dir" "$pg_user" -l "$pdir/postgres.log" -w -t 60 start </dev/null >"$pdir/pg_ctl.log" 2>&1 ||
         { cat "$pdir/pg_ctl.log" "$pdir/postgres.log" >&2 2>/dev/null || true; die "PostgreSQL did not start"; }
     "$bindir/pg_isready" -q -h 127.0.0.1 -p "$pg_port" -U postgres -t 10 ||
         die "PostgreSQL is not reachable on 127.0.0.1:$pg_port"
@@ -454,11 +469,9 @@ cmd_stop() {
     bindir="$(pg_bindir)"
     # PostgreSQL: immediate shutdown (throwaway data; takes well under a second).
     if [[ -f "$dir/postgres/data/postmaster.pid" && -n "$bindir" ]]; then
-        local pg_user=postgres
-        [[ "$(id -u)" != 0 ]] && pg_user="$(id -un)"
-        # shellcheck disable=SC2046
-        (cd "$dir/postgres" && $(as_user_prefix "$pg_user") $CLEAN_ENV HOME="$dir/postgres" "$bindir/pg_ctl" \
-            -D "$dir/postgres/data" -m immediate -w -t 10 stop >/dev/null 2>&1)
+        local pg_user
+        read -r _ pg_user <<<"$(server_users)"
+        pg_ctl_as "$dir" "$pg_user" -m immediate -w -t 10 stop >/dev/null 2>&1
     fi
     # RabbitMQ, epmd and any PostgreSQL leftovers: SIGKILL. The data is thrown away, and a clean
     # RabbitMQ shutdown (SIGTERM) takes about 8 s here for nothing.
@@ -475,10 +488,8 @@ cmd_stop() {
 cmd_crash_restart() {
     local server=${1:-} dir=${2:-${CLUSTER_TEST_SERVERS_DIR:-}}
     [[ -n "$dir" && -e "$dir/$MARKER" ]] || die "crash-restart: $dir is not a test-servers folder"
-    local rmq_user=rabbitmq pg_user=postgres
-    if [[ "$(id -u)" != 0 ]]; then
-        rmq_user="$(id -un)" pg_user="$(id -un)"
-    fi
+    local rmq_user pg_user
+    read -r rmq_user pg_user <<<"$(server_users)"
     case "$server" in
         rabbitmq)
             local rdir="$dir/rabbitmq" sid amqp_port mgmt_port pids deadline
@@ -494,24 +505,18 @@ cmd_crash_restart() {
                 (($(now_ms) < deadline)) || die "RabbitMQ (session $sid) did not die"
                 sleep 0.1
             done
-            # shellcheck disable=SC2086
-            (cd "$rdir" && start_detached "$dir/rabbitmq.sid" "$rdir/log/stdout.log" \
-                $(as_user_prefix "$rmq_user") $CLEAN_ENV sh -c '. ./node.env; exec '"$RABBITMQ_SBIN"'/rabbitmq-server')
+            start_rabbitmq_node "$dir" "$rmq_user"
             wait_for "RabbitMQ (restarted)" "$RABBITMQ_BOOT_DEADLINE_S" "$dir/rabbitmq.sid" \
                 rabbitmq_alive "$mgmt_port" "$amqp_port"
             ;;
         postgres)
-            local pdir="$dir/postgres" bindir pg_port pg_as
-            bindir="$(pg_bindir)"
-            pg_as="$(as_user_prefix "$pg_user")"
+            local pdir="$dir/postgres" pg_port
             pg_port="$(sed -n 's/^port = //p' "$pdir/data/postgresql.conf" | tail -n 1)"
-            # shellcheck disable=SC2086
-            (cd "$pdir" && $pg_as $CLEAN_ENV HOME="$pdir" "$bindir/pg_ctl" -D "$pdir/data" -m immediate -w -t 30 stop \
-                </dev/null >>"$pdir/pg_ctl.log" 2>&1) || die "PostgreSQL did not stop"
-            # shellcheck disable=SC2086
-            (cd "$pdir" && $pg_as $CLEAN_ENV HOME="$pdir" "$bindir/pg_ctl" -D "$pdir/data" -l "$pdir/postgres.log" \
-                -w -t 60 start </dev/null >>"$pdir/pg_ctl.log" 2>&1) || die "PostgreSQL did not start again"
-            "$bindir/pg_isready" -q -h 127.0.0.1 -p "$pg_port" -U postgres -t 30 ||
+            pg_ctl_as "$dir" "$pg_user" -m immediate -w -t 30 stop </dev/null >>"$pdir/pg_ctl.log" 2>&1 ||
+                die "PostgreSQL did not stop"
+            pg_ctl_as "$dir" "$pg_user" -l "$pdir/postgres.log" -w -t 60 start </dev/null >>"$pdir/pg_ctl.log" 2>&1 ||
+                die "PostgreSQL did not start again"
+            "$(pg_bindir)/pg_isready" -q -h 127.0.0.1 -p "$pg_port" -U postgres -t 30 ||
                 die "PostgreSQL is not reachable on 127.0.0.1:$pg_port after its restart"
             ;;
         *) die "crash-restart: say rabbitmq or postgres" ;;
