@@ -64,30 +64,16 @@ public sealed class FactWhenMountableAttribute : FactAttribute
         string folder = Directory.CreateTempSubdirectory("mount-probe-").FullName;
         try
         {
-            if (Run("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", folder) != 0)
+            if (ExternalCommand.Run("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", folder).ExitCode != 0)
             {
                 return "mount -t tmpfs is not permitted here (no CAP_SYS_ADMIN)";
             }
-            Run("umount", folder);
+            ExternalCommand.Run("umount", folder);
             return null;
         }
         finally
         {
             Directory.Delete(folder);
         }
-    }
-
-    public static int Run(string program, params string[] args)
-    {
-        var start = new System.Diagnostics.ProcessStartInfo(program) { RedirectStandardError = true, RedirectStandardOutput = true };
-        foreach (string a in args)
-        {
-            start.ArgumentList.Add(a);
-        }
-        using var process = System.Diagnostics.Process.Start(start)!;
-        process.StandardError.ReadToEnd();
-        process.StandardOutput.ReadToEnd();
-        process.WaitForExit();
-        return process.ExitCode;
     }
 }

@@ -1,4 +1,4 @@
-using System.Diagnostics;
+using Cluster.TestSupport;
 using Shouldly;
 
 namespace Cluster.IntegrationTests.Support;
@@ -35,15 +35,8 @@ public sealed class BrokerSetting : IAsyncDisposable
 
     private static async Task<string> EvalAsync(string expression)
     {
-        var start = new ProcessStartInfo(TestServers.RabbitMqCtl) { RedirectStandardOutput = true, RedirectStandardError = true };
-        start.ArgumentList.Add("eval");
-        start.ArgumentList.Add(expression);
-        using Process ctl = Process.Start(start)!;
-        Task<string> output = ctl.StandardOutput.ReadToEndAsync();
-        Task<string> error = ctl.StandardError.ReadToEndAsync();
-        using var deadline = new CancellationTokenSource(TimeSpan.FromMinutes(2));
-        await ctl.WaitForExitAsync(deadline.Token);
-        ctl.ExitCode.ShouldBe(0, $"rabbitmqctl eval '{expression}': {await error}");
-        return await output;
+        ExternalCommand.Result ctl = await ExternalCommand.RunAsync(TestServers.RabbitMqCtl, ["eval", expression], TimeSpan.FromMinutes(2));
+        ctl.ExitCode.ShouldBe(0, $"rabbitmqctl eval '{expression}': {ctl.Error}");
+        return ctl.Output;
     }
 }

@@ -1,3 +1,5 @@
+using Cluster.TestSupport;
+
 namespace Cluster.IntegrationTests.Support;
 
 /// <summary>The throwaway servers scripts/test.sh started, from its CLUSTER_TEST_* environment variables.</summary>
@@ -24,22 +26,12 @@ public static class TestServers
     /// </summary>
     public static async Task CrashRestartAsync(string server)
     {
-        var start = new System.Diagnostics.ProcessStartInfo("bash")
+        ExternalCommand.Result run = await ExternalCommand.RunAsync("bash",
+            [Path.Combine(RepoPaths.Root, "scripts", "test-servers.sh"), "crash-restart", server, Require("CLUSTER_TEST_SERVERS_DIR")],
+            TimeSpan.FromMinutes(5));
+        if (run.ExitCode != 0)
         {
-            RedirectStandardError = true,
-            RedirectStandardOutput = true,
-        };
-        foreach (string a in new[] { Path.Combine(RepoPaths.Root, "scripts", "test-servers.sh"), "crash-restart", server, Require("CLUSTER_TEST_SERVERS_DIR") })
-        {
-            start.ArgumentList.Add(a);
-        }
-        using var process = System.Diagnostics.Process.Start(start)!;
-        Task<string> stderr = process.StandardError.ReadToEndAsync();
-        Task<string> stdout = process.StandardOutput.ReadToEndAsync();
-        await process.WaitForExitAsync();
-        if (process.ExitCode != 0)
-        {
-            throw new InvalidOperationException($"crash-restart {server} failed (exit {process.ExitCode}):\n{await stdout}\n{await stderr}");
+            throw new InvalidOperationException($"crash-restart {server} failed (exit {run.ExitCode}):\n{run.Output}\n{run.Error}");
         }
         // Pooled connections to the old server are dead: the tests' own next connections must be new ones.
         Npgsql.NpgsqlConnection.ClearAllPools();

@@ -22,19 +22,19 @@ public sealed class FullAndReadOnlyVolumeTests : IDisposable
     {
         if (_mounted)
         {
-            FactWhenMountableAttribute.Run("umount", _mount);
+            ExternalCommand.Run("umount", _mount);
         }
         Directory.Delete(_mount, recursive: true);
     }
 
     private FileStore Mount()
     {
-        FactWhenMountableAttribute.Run("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", _mount).ShouldBe(0);
+        ExternalCommand.Run("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", _mount).ExitCode.ShouldBe(0);
         _mounted = true;
         return new FileStore(Path.Combine(_mount, "storage"));
     }
 
-    private void Remount(string mode) => FactWhenMountableAttribute.Run("mount", "-o", $"remount,{mode}", _mount).ShouldBe(0);
+    private void Remount(string mode) => ExternalCommand.Run("mount", "-o", $"remount,{mode}", _mount).ExitCode.ShouldBe(0);
 
     /// <summary>A checkpoint of about 600 KiB: more than a volume with 700 KiB taken can hold.</summary>
     private static Task<CheckpointInfo> WriteCheckpoint(CheckpointStore store) =>
