@@ -42,6 +42,8 @@ public static class ClusterBus
                         h.Password(rabbit.Password);
                         h.RequestedConnectionTimeout(TimeSpan.FromSeconds(10));
                     });
+                    cfg.SendTopology.ConfigureErrorSettings = JobQueues.PlainFailureQueue;
+                    cfg.SendTopology.ConfigureDeadLetterSettings = JobQueues.PlainFailureQueue;
                     foreach (IClusterBusPart part in parts)
                     {
                         part.ConfigureEndpoints(context, cfg);

@@ -42,6 +42,26 @@ public static class JobQueues
     }
 
     /// <summary>
+    /// MassTransit declares an endpoint's error (and skipped) queue with the endpoint queue's own arguments: the shared queue's
+    /// error queue would be a quorum queue with a delivery limit dead-lettering to itself, which <see cref="DeclareAsync"/>
+    /// declared plain, and RabbitMQ refuses the second declaration, closing the channel, so a failed job never reached it
+    /// (it was redelivered until the delivery limit, its reason lost). A failure queue holds what failed until someone looks:
+    /// no queue type, limit, expiry or dead-lettering of its own.
+    /// </summary>
+    public static void PlainFailureQueue(IRabbitMqQueueBindingConfigurator queue)
+    {
+        ArgumentNullException.ThrowIfNull(queue);
+        foreach (string argument in s_notOnFailureQueues)
+        {
+            // MassTransit removes an argument set to null.
+            queue.SetQueueArgument(argument, null);
+        }
+    }
+
+    private static readonly string[] s_notOnFailureQueues =
+        ["x-queue-type", "x-delivery-limit", "x-dead-letter-exchange", "x-message-ttl", "x-expires"];
+
+    /// <summary>
     /// Declares the shared exchange and quorum queue, and the error exchange and queue (classic, as MassTransit declares its
     /// error queues), on an open connection. Idempotent. A queue left by an older version with other arguments is a
     /// configuration problem: <see cref="ClusterConfigurationException"/> with what to do.
