@@ -6,8 +6,11 @@ namespace Cluster.Contracts.Features;
 /// (FeatureSetKey, ShardIndex) identifies the work: a shard already recorded is not extracted again. With
 /// <see cref="MoreTaps"/> the same pass also writes the same shard of other feature sets, one per tap.
 /// </summary>
-public sealed record ExtractFeatures
+public sealed record ExtractFeatures : IVersionedJob
 {
+    /// <summary>The <see cref="ContractVersion"/> the sender wrote (a worker refuses one it does not read).</summary>
+    public int Version { get; init; } = ContractVersion.Current;
+
     public required string FeatureSetKey { get; init; }
     public required int ShardIndex { get; init; }
     /// <summary>The dataset (its manifest lives at datasets/&lt;DatasetId&gt;/ under the storage root).</summary>

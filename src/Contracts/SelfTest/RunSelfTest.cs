@@ -4,8 +4,11 @@ namespace Cluster.Contracts.SelfTest;
 /// Coordinator → a GPU worker: run a small, deterministic TorchSharp convolution and record its result.
 /// Proves the whole path: broker, worker process, libtorch, database.
 /// </summary>
-public sealed record RunSelfTest
+public sealed record RunSelfTest : IVersionedJob
 {
+    /// <summary>The <see cref="ContractVersion"/> the sender wrote (a worker refuses one it does not read).</summary>
+    public int Version { get; init; } = ContractVersion.Current;
+
     /// <summary>Deterministic job id; a worker that finds a result already recorded for it does not recompute.</summary>
     public required Guid JobId { get; init; }
 

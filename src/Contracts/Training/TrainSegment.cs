@@ -6,8 +6,11 @@ namespace Cluster.Contracts.Training;
 /// the epochs' metrics. (TrialId, Segment) identifies the work: a segment already recorded is not trained again.
 /// Segments are bounded (a few minutes) so no delivery stays unacknowledged past RabbitMQ's consumer timeout.
 /// </summary>
-public sealed record TrainSegment
+public sealed record TrainSegment : IVersionedJob
 {
+    /// <summary>The <see cref="ContractVersion"/> the sender wrote (a worker refuses one it does not read).</summary>
+    public int Version { get; init; } = ContractVersion.Current;
+
     public required Guid SweepId { get; init; }
 
     public required Guid TrialId { get; init; }

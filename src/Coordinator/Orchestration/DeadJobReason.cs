@@ -34,7 +34,8 @@ public static class DeadJobReason
         {
             string message = Text(header(FaultMessage)) ?? "(no message)";
             string? retries = Text(header(FaultRetryCount));
-            return $"{ShortName(exceptionType)}: {OneLine(message)}" + (retries is null ? "" : $" (given up after {retries} retries)");
+            // No retries: a failure the worker knows would recur (a job it refuses), sent to the error queue at once.
+            return $"{ShortName(exceptionType)}: {OneLine(message)}" + (retries is null or "0" ? "" : $" (given up after {retries} retries)");
         }
         string? deadLetter = Text(header(FirstDeathReason));
         return deadLetter switch

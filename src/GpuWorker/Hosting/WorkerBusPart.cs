@@ -40,6 +40,7 @@ public sealed class WorkerBusPart(int concurrentJobs = 1) : IClusterBusPart
             }
             e.UseFilter(new TakeLaneFilter(lanes));
             UseJobRetry(e);
+            e.UseConsumeFilter(typeof(ContractVersionFilter<>), context);
             e.ConfigureConsumer<RunSelfTestConsumer>(context);
             e.ConfigureConsumer<ExtractFeaturesConsumer>(context);
             e.ConfigureConsumer<Training.TrainSegmentConsumer>(context);
@@ -75,6 +76,8 @@ public sealed class WorkerBusPart(int concurrentJobs = 1) : IClusterBusPart
         endpoint.UseMessageRetry(r =>
         {
             r.Ignore<OperationCanceledException>();
+            // The same job would be refused again: to the error queue at once.
+            r.Ignore<UnknownContractVersionException>();
             r.Exponential(5, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(30), TimeSpan.FromSeconds(3));
         });
 }

@@ -22,12 +22,14 @@ public sealed class DirectedSegmentConsumer(JobLanes lanes, IServiceProvider ser
     public async Task Consume(ConsumeContext<TrainSegment> context)
     {
         TrainSegment job = context.Message;
-        using (IDisposable? lane = lanes.TryTake())
+        // Refused on the shared queue's endpoint (ContractVersionFilter), whose error queue the coordinator watches.
+        using (IDisposable? lane = job.Version == Contracts.ContractVersion.Current ? lanes.TryTake() : null)
         {
             if (lane is null)
             {
-                logger.LogInformation("Segment {Segment} of trial {Trial} was sent here for its features, but this worker is busy: passed on to the {Queue} queue",
-                    job.Segment, job.TrialId, Contracts.QueueNames.GpuWork);
+                logger.LogInformation("Segment {Segment} of trial {Trial} was sent here for its features, but this worker {Why}: passed on to the {Queue} queue",
+                    job.Segment, job.TrialId, job.Version == Contracts.ContractVersion.Current ? "is busy" : $"does not read its contract version {job.Version}",
+                    Contracts.QueueNames.GpuWork);
             }
             else
             {

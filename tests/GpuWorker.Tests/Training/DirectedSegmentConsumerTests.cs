@@ -6,6 +6,7 @@ using Cluster.GpuWorker.Training;
 using MassTransit;
 using MassTransit.Testing;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 using Shouldly;
 
 namespace Cluster.GpuWorker.Tests.Training;
@@ -28,10 +29,21 @@ public sealed class DirectedSegmentConsumerTests
     };
 
     [Fact]
-    public async Task A_busy_worker_passes_a_directed_segment_on_to_the_shared_queue()
+    public async Task A_busy_worker_passes_a_directed_segment_on_to_the_shared_queue() =>
+        await ShouldPassOnAsync(Segment(), busy: true);
+
+    [Fact]
+    public async Task A_directed_segment_of_a_contract_version_this_worker_does_not_read_is_passed_on_where_it_is_refused_into_the_watched_error_queue() =>
+        // The lane is free, yet the segment does not run here: this queue's error queue is watched by nobody.
+        await ShouldPassOnAsync(Segment() with { Version = ContractVersion.Current + 1 }, busy: false,
+            why: $"does not read its contract version {ContractVersion.Current + 1}");
+
+    private static async Task ShouldPassOnAsync(TrainSegment segment, bool busy, string why = "is busy")
     {
         var lanes = new JobLanes(1);
+        var logs = new LogLines();
         await using ServiceProvider provider = new ServiceCollection()
+            .AddLogging(l => l.AddProvider(logs))
             .AddSingleton(lanes)
             .AddSingleton(WorkerIdentity.Create("busy-worker", TorchDevice.Cpu, directQueue: true))
             .AddMassTransitTestHarness(x => x.AddConsumer<DirectedSegmentConsumer>())
@@ -45,9 +57,8 @@ public sealed class DirectedSegmentConsumerTests
         await harness.Start();
         try
         {
-            // The one lane is taken by a job from the shared queue.
-            using IDisposable running = lanes.TryTake().ShouldNotBeNull();
-            TrainSegment segment = Segment();
+            // The one lane taken by a job from the shared queue, or free.
+            using IDisposable? running = busy ? lanes.TryTake().ShouldNotBeNull() : null;
             IConsumerTestHarness<DirectedSegmentConsumer> consumer = harness.GetConsumerHarness<DirectedSegmentConsumer>();
             ISendEndpoint own = await harness.GetConsumerEndpoint<DirectedSegmentConsumer>();
             await own.Send(segment);
@@ -58,6 +69,9 @@ public sealed class DirectedSegmentConsumerTests
             (passedOn.Context.Message.TrialId, passedOn.Context.Message.Segment).ShouldBe((segment.TrialId, segment.Segment));
             passedOn.Context.Headers.Get<string>(DirectedSegmentConsumer.PassedOnHeader).ShouldBe("busy-worker");
             (await consumer.Consumed.SelectAsync<TrainSegment>().First()).Exception.ShouldBeNull("passed on, not failed: the delivery is acknowledged");
+            // Passed on for the reason, without trying it here first.
+            logs.Lines.ShouldContain(l => l.Contains(why, StringComparison.Ordinal));
+            logs.Lines.ShouldNotContain(l => l.Contains("failed here", StringComparison.Ordinal));
         }
         finally
         {
@@ -77,5 +91,27 @@ public sealed class DirectedSegmentConsumerTests
         first.Dispose(); // twice releases once
         using IDisposable second = await waiting.WaitAsync(TimeSpan.FromSeconds(30));
         lanes.TryTake().ShouldBeNull("released twice, freed once");
+    }
+
+    /// <summary>The consumer's log lines, formatted.</summary>
+    private sealed class LogLines : ILoggerProvider
+    {
+        public System.Collections.Concurrent.ConcurrentQueue<string> Lines { get; } = new();
+
+        public ILogger CreateLogger(string categoryName) => new Logger(Lines);
+
+        public void Dispose()
+        {
+        }
+
+        private sealed class Logger(System.Collections.Concurrent.ConcurrentQueue<string> lines) : ILogger
+        {
+            public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+
+            public bool IsEnabled(LogLevel logLevel) => true;
+
+            public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+                lines.Enqueue(formatter(state, exception));
+        }
     }
 }
