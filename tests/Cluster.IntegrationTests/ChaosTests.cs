@@ -155,7 +155,7 @@ public sealed class ChaosTests(ITestOutputHelper output) : IAsyncLifetime
         }
 
         await Eventually.WaitAsync(async () => await ProgressAsync(sweep) is { SweepDone: true, FeaturesDone: true },
-            s_deadline, "the sweep and the extraction to complete after the faults\n" + log + _cluster.DescribeProcesses());
+            s_deadline, () => "the sweep and the extraction to complete after the faults\n" + log + _cluster.DescribeProcesses());
         TimeSpan chaosWall = clock.Elapsed;
         (await extract.WaitForExitAsync(s_deadline)).ShouldBe(0, "the extracting CLI outlives the faults\n" + extract.Describe());
         struckWhileBusy.ShouldBeGreaterThanOrEqualTo(faults.Count - 1, "the faults struck running work\n" + log);

@@ -1,9 +1,7 @@
 using System.Text.Json;
 using Cluster.Contracts;
 using Cluster.Contracts.SelfTest;
-using Cluster.Hosting;
 using Cluster.IntegrationTests.Support;
-using MassTransit;
 using Shouldly;
 
 namespace Cluster.IntegrationTests;
@@ -32,28 +30,14 @@ public sealed class ContractVersionTests : IAsyncLifetime
         string workerId = "worker-" + _cluster.Name;
         ClusterProcess worker = _cluster.Worker("--device", "cpu", "--id", workerId);
         await Eventually.WaitAsync(async () => (await _cluster.QueueAsync(QueueNames.GpuWork))?.Consumers == 1,
-            s_deadline, "the worker to consume the gpu-work queue\n" + worker.Describe());
+            s_deadline, () => "the worker to consume the gpu-work queue\n" + worker.Describe());
 
-        // Sent by a bus of our own, as a coordinator of a later release would send it.
-        IBusControl sender = Bus.Factory.CreateUsingRabbitMq(cfg => cfg.Host(TestServers.RabbitHost, (ushort)TestServers.RabbitPort, _cluster.Name, h =>
-        {
-            h.Username(TestServers.RabbitUser);
-            h.Password(TestServers.RabbitPassword);
-        }));
-        await sender.StartAsync();
+        // As a coordinator of a later release would send it.
         var refused = new RunSelfTest { JobId = Guid.NewGuid(), Version = ContractVersion.Current + 98 };
-        try
-        {
-            ISendEndpoint queue = await sender.GetSendEndpoint(JobQueues.SharedExchange);
-            await queue.Send(refused);
-        }
-        finally
-        {
-            await sender.StopAsync();
-        }
+        await _cluster.SendJobsAsync(refused);
 
         await Eventually.WaitAsync(async () => (await _cluster.QueueAsync(QueueNames.GpuWorkError))?.Ready == 1,
-            s_deadline, "the refused job to reach the error queue\n" + worker.Describe());
+            s_deadline, () => "the refused job to reach the error queue\n" + worker.Describe());
         (int code, ClusterProcess errors) = await _cluster.RunCoordinatorAsync(s_deadline, "errors", "--cluster", "--format", "json");
         code.ShouldBe(0, errors.Describe());
         using (JsonDocument listed = JsonDocument.Parse(errors.StandardOutput))

@@ -242,46 +242,30 @@ public sealed class FailedShardTests : IAsyncLifetime
     public async Task A_shard_job_for_a_dataset_the_storage_does_not_hold_is_recorded_as_failed_and_the_worker_takes_the_next_job()
     {
         _cluster.Worker("--device", "cpu");
-        await _cluster.DeclareJobQueuesAsync();
-        IBusControl bus = Bus.Factory.CreateUsingRabbitMq(cfg =>
-            cfg.Host(TestServers.RabbitHost, (ushort)TestServers.RabbitPort, _cluster.Name, h =>
-            {
-                h.Username(TestServers.RabbitUser);
-                h.Password(TestServers.RabbitPassword);
-            }));
-        await bus.StartAsync();
-        try
+        await _cluster.SendJobsAsync(new Cluster.Contracts.Features.ExtractFeatures
         {
-            ISendEndpoint queue = await bus.GetSendEndpoint(ClusterBus.GpuWorkQueue);
-            await queue.Send(new Cluster.Contracts.Features.ExtractFeatures
-            {
-                FeatureSetKey = "bogus.key",
-                ShardIndex = 0,
-                DatasetId = "0000000000000000",
-                RowStart = 0,
-                RowCount = 1,
-                Model = "resnet51",
-                WeightsHash = "random:0",
-                Layer = "avgpool",
-                Pooling = "avg",
-                Precision = "fp32",
-            });
+            FeatureSetKey = "bogus.key",
+            ShardIndex = 0,
+            DatasetId = "0000000000000000",
+            RowStart = 0,
+            RowCount = 1,
+            Model = "resnet51",
+            WeightsHash = "random:0",
+            Layer = "avgpool",
+            Pooling = "avg",
+            Precision = "fp32",
+        });
 
-            FeatureShardRecord failed = await Eventually.WaitAsync(async () =>
-            {
-                await using var db = _cluster.Database();
-                return await db.FeatureShards.AsNoTracking().SingleOrDefaultAsync(s => s.FeatureSetKey == "bogus.key");
-            }, s_deadline, "the failed shard to be recorded");
-
-            failed.Status.ShouldBe(FeatureShardStatus.Failed);
-            failed.FailureReason.ShouldBe($"Dataset '0000000000000000' is not in the storage root '{_cluster.StorageRoot}' (no datasets/0000000000000000/manifest.tsv).");
-            (int code, ClusterProcess selftest) = await _cluster.RunCoordinatorAsync(s_deadline, "selftest", "--cluster", "--format", "json");
-            code.ShouldBe(0, selftest.Describe());
-            (await _cluster.QueueAsync(QueueNames.GpuWork + "_error"))?.Ready.ShouldBe(0);
-        }
-        finally
+        FeatureShardRecord failed = await Eventually.WaitAsync(async () =>
         {
-            await bus.StopAsync();
-        }
+            await using var db = _cluster.Database();
+            return await db.FeatureShards.AsNoTracking().SingleOrDefaultAsync(s => s.FeatureSetKey == "bogus.key");
+        }, s_deadline, "the failed shard to be recorded");
+
+        failed.Status.ShouldBe(FeatureShardStatus.Failed);
+        failed.FailureReason.ShouldBe($"Dataset '0000000000000000' is not in the storage root '{_cluster.StorageRoot}' (no datasets/0000000000000000/manifest.tsv).");
+        (int code, ClusterProcess selftest) = await _cluster.RunCoordinatorAsync(s_deadline, "selftest", "--cluster", "--format", "json");
+        code.ShouldBe(0, selftest.Describe());
+        (await _cluster.QueueAsync(QueueNames.GpuWork + "_error"))?.Ready.ShouldBe(0);
     }
 }

@@ -96,7 +96,7 @@ public sealed class SegmentOverrunTests(ITestOutputHelper output) : IAsyncLifeti
         {
             await using var db = _cluster.Database();
             return (await db.Sweeps.AsNoTracking().SingleAsync(s => s.Id == sweep)).Status is SweepStatus.Completed or SweepStatus.Failed;
-        }, s_deadline, "the sweep to end\n" + _cluster.DescribeProcesses());
+        }, s_deadline, () => "the sweep to end\n" + _cluster.DescribeProcesses());
         await using (var db = _cluster.Database())
         {
             TrialRecord trial = await db.Trials.AsNoTracking().SingleAsync(t => t.SweepId == sweep);

@@ -3,6 +3,7 @@ using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json;
 using Cluster.Storage.Database;
+using MassTransit;
 using Npgsql;
 using Shouldly;
 
@@ -126,6 +127,34 @@ public sealed class IsolatedCluster : IAsyncDisposable
         Username = TestServers.RabbitUser,
         Password = TestServers.RabbitPassword,
     };
+
+    /// <summary>
+    /// Sends jobs to the shared queue from a bus of the test's own, as a coordinator (or anyone holding the virtual host's
+    /// credentials) would: for jobs no coordinator would write.
+    /// </summary>
+    public async Task SendJobsAsync(params object[] jobs)
+    {
+        await DeclareJobQueuesAsync();
+        IBusControl bus = Bus.Factory.CreateUsingRabbitMq(cfg =>
+            cfg.Host(TestServers.RabbitHost, (ushort)TestServers.RabbitPort, Name, h =>
+            {
+                h.Username(TestServers.RabbitUser);
+                h.Password(TestServers.RabbitPassword);
+            }));
+        await bus.StartAsync();
+        try
+        {
+            ISendEndpoint queue = await bus.GetSendEndpoint(Cluster.Hosting.ClusterBus.GpuWorkQueue);
+            foreach (object job in jobs)
+            {
+                await queue.Send(job);
+            }
+        }
+        finally
+        {
+            await bus.StopAsync();
+        }
+    }
 
     /// <summary>
     /// Declares the job queues as every cluster process does before its bus starts. A test that sends jobs from its own bus
