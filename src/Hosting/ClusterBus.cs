@@ -41,6 +41,7 @@ public static class ClusterBus
                         h.Username(rabbit.Username);
                         h.Password(rabbit.Password);
                         h.RequestedConnectionTimeout(TimeSpan.FromSeconds(10));
+                        h.Heartbeat((ushort)rabbit.HeartbeatSeconds);
                     });
                     cfg.SendTopology.ConfigureErrorSettings = JobQueues.PlainFailureQueue;
                     cfg.SendTopology.ConfigureDeadLetterSettings = JobQueues.PlainFailureQueue;

@@ -36,6 +36,10 @@ public static class ClusterSettingsResolver
             {
                 throw new ClusterConfigurationException($"RabbitMq:Port {rabbit.Port} is not a TCP port (1-65535).");
             }
+            if (rabbit.HeartbeatSeconds is < 0 or > ushort.MaxValue)
+            {
+                throw new ClusterConfigurationException($"RabbitMq:HeartbeatSeconds {rabbit.HeartbeatSeconds} is not a heartbeat interval (0 for none, or 1-65535 seconds).");
+            }
         }
 
         DatabaseProvider provider = ParseProvider(database.Provider, mode);

@@ -88,7 +88,7 @@ public sealed class SegmentOverrunTests(ITestOutputHelper output) : IAsyncLifeti
                 : false;
         }, s_deadline, "the broker to take the overrun delivery back and the worker's job to stop");
         // It would take the delivery back only to overrun again: out of the way, as an operator would fix its settings. Killed,
-        // not stopped: a graceful stop lets a job it took meanwhile (the trial's next segment) finish and be recorded.
+        // so that nothing it took since its channel reopened can be recorded, however long a graceful stop would take.
         overrunner.Kill();
         await overrunner.WaitForExitAsync(s_deadline);
 

@@ -75,6 +75,7 @@ public sealed class ClusterSettingsResolverTests
     [InlineData("Cluster:Mode", "sideways", "Cluster:Mode 'sideways' is not one of: embedded, cluster, auto.")]
     [InlineData("Database:Provider", "oracle", "Database:Provider 'oracle' is not one of: postgres, sqlite.")]
     [InlineData("RabbitMq:Port", "70000", "RabbitMq:Port 70000 is not a TCP port (1-65535).")]
+    [InlineData("RabbitMq:HeartbeatSeconds", "-1", "RabbitMq:HeartbeatSeconds -1 is not a heartbeat interval (0 for none, or 1-65535 seconds).")]
     public void Bad_values_are_named_with_the_choices(string key, string value, string message)
     {
         var error = Should.Throw<ClusterConfigurationException>(() => ClusterSettingsResolver.Resolve(Config(
