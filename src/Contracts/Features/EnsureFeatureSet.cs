@@ -42,4 +42,27 @@ public sealed record EnsureFeatureSet
 
     /// <summary>Null for a set anyone may reuse; a trial's id for one only that trial uses (`--no-share`).</summary>
     public string? Scope { get; init; }
+
+    /// <summary>
+    /// The job that extracts shard <paramref name="shardIndex"/> (rows [<paramref name="rowStart"/>, +<paramref name="rowCount"/>))
+    /// of this set, known by <paramref name="featureSetKey"/>: what the service sends, and what a worker that finds the
+    /// shard's file damaged runs again itself.
+    /// </summary>
+    public ExtractFeatures ShardJob(string featureSetKey, int shardIndex, long rowStart, int rowCount) => new()
+    {
+        FeatureSetKey = featureSetKey,
+        ShardIndex = shardIndex,
+        DatasetId = DatasetId,
+        RowStart = rowStart,
+        RowCount = rowCount,
+        Model = Model,
+        WeightsPath = WeightsPath,
+        WeightsHash = WeightsHash,
+        Layer = Layer,
+        Pooling = Pooling,
+        Precision = Precision,
+        BatchSize = BatchSize,
+        InputSize = InputSize,
+        StorageDtype = StorageDtype,
+    };
 }

@@ -83,6 +83,7 @@ public sealed class FeatureSetPlanner(ClusterDbContextFactory databases, FileSto
                 .Select(s => s.Index).ToListAsync(cancellationToken)).ToHashSet();
         }
         int images = request.Dataset.Entries.Count;
+        EnsureFeatureSet message = request.ToMessage();
         var jobs = new List<ExtractFeatures>();
         for (int shard = 0; shard < set.ShardCount; shard++)
         {
@@ -91,23 +92,7 @@ public sealed class FeatureSetPlanner(ClusterDbContextFactory databases, FileSto
                 continue;
             }
             long start = (long)shard * set.ShardSize;
-            jobs.Add(new ExtractFeatures
-            {
-                FeatureSetKey = key,
-                ShardIndex = shard,
-                DatasetId = request.Dataset.Id,
-                RowStart = start,
-                RowCount = (int)Math.Min(set.ShardSize, images - start),
-                Model = request.Model,
-                WeightsPath = request.WeightsPath,
-                WeightsHash = request.WeightsHash,
-                Layer = request.Layer,
-                Pooling = request.Pooling,
-                Precision = request.Precision,
-                BatchSize = request.BatchSize,
-                InputSize = request.InputSize,
-                StorageDtype = request.StorageDtype,
-            });
+            jobs.Add(message.ShardJob(key, shard, start, (int)Math.Min(set.ShardSize, images - start)));
         }
         return new ExtractionPlan(set, jobs);
     }

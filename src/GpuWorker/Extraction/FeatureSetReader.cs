@@ -73,8 +73,9 @@ public static class FeatureSetReader
     /// <summary>
     /// Reads the feature set <paramref name="featureSetKey"/>. Memory: the features once, in their stored dtype (each
     /// shard is read straight into its rows of the result). A set that is missing or not complete is an
-    /// <see cref="InvalidOperationException"/>; a shard file whose hash, dtype or shape is not what was recorded is an
-    /// <see cref="InvalidDataException"/> naming the file.
+    /// <see cref="InvalidOperationException"/>; a shard file that is missing or whose hash is not what was recorded is a
+    /// <see cref="DamagedFeatureShardException"/>, one whose dtype or shape is not an <see cref="InvalidDataException"/>,
+    /// each naming the file.
     /// </summary>
     public static async Task<CachedFeatures> LoadAsync(
         ClusterDbContextFactory databases, FileStore store, string featureSetKey, CancellationToken ct)
@@ -141,12 +142,22 @@ public static class FeatureSetReader
     private static async Task ReadShardAsync(
         FileStore store, FeatureShardRecord shard, FeatureStorageDtype storage, long[] rowShape, Tensor target, Memory<long> rows, CancellationToken ct)
     {
-        await using Stream stream = store.OpenRead(shard.Path);
+        Stream opened;
+        try
+        {
+            opened = store.OpenRead(shard.Path);
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            throw new DamagedFeatureShardException(shard.FeatureSetKey, shard.Index,
+                $"{shard.Path}: the file of shard {shard.Index} is missing, though its row records it as extracted");
+        }
+        await using Stream stream = opened;
         string sha256 = Convert.ToHexStringLower(await SHA256.HashDataAsync(stream, ct));
         if (!string.Equals(sha256, shard.Sha256, StringComparison.OrdinalIgnoreCase))
         {
-            throw new InvalidDataException(
-                $"{shard.Path}: sha256 {sha256} does not match {shard.Sha256}, recorded when shard {shard.Index} was extracted: the file was changed or damaged since; extract the shard again");
+            throw new DamagedFeatureShardException(shard.FeatureSetKey, shard.Index,
+                $"{shard.Path}: sha256 {sha256} does not match {shard.Sha256}, recorded when shard {shard.Index} was extracted: the file was changed or damaged since");
         }
         stream.Position = 0;
         using var reader = new SafetensorsReader(stream, shard.Path, leaveOpen: true);

@@ -20,7 +20,7 @@ public sealed class ResidentFeatureSets : IDisposable
     private bool _disposed;
 
     /// <param name="budgetBytes">Bytes of features kept once no job holds them; 0 keeps none (every job loads its own).</param>
-    /// <param name="load">Reads a complete set from storage (<see cref="FeatureSetReader.LoadAsync"/>).</param>
+    /// <param name="load">Reads a complete set from storage (<see cref="FeatureShardRepair.LoadAsync"/>, which heals damaged shards).</param>
     public ResidentFeatureSets(long budgetBytes, Func<string, CancellationToken, Task<CachedFeatures>> load)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(budgetBytes);

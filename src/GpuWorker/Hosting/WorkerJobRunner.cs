@@ -101,7 +101,8 @@ public sealed class WorkerJobRunner(JobTracker jobs, ILogger<WorkerJobRunner> lo
     /// </summary>
     public static bool IsExplained(Exception e) =>
         e is UnknownNameException or WeightsFileException or WeightsMismatchException or DatasetInputException
-            or StoragePathException or ArgumentException or FileNotFoundException or InvalidDataException or Onnx.OnnxImportException
+            or StoragePathException or ArgumentException or FileNotFoundException or InvalidDataException or Extraction.DamagedFeatureShardException
+            or Onnx.OnnxImportException
             // No verified way to compute a convolution on this machine: its message names the configuration and every verdict.
             or Kernels.KernelCheckException;
 }

@@ -35,8 +35,8 @@ public static class WorkerServices
         services.AddSingleton<ModelProvider>();
         services.AddSingleton<DatasetManifestCache>();
         services.AddSingleton<FeatureExtractor>();
-        services.AddSingleton(sp => new ResidentFeatureSets(options.ResidentFeatureBytes(),
-            (key, ct) => FeatureSetReader.LoadAsync(sp.GetRequiredService<ClusterDbContextFactory>(), sp.GetRequiredService<FileStore>(), key, ct)));
+        services.AddSingleton<FeatureShardRepair>();
+        services.AddSingleton(sp => new ResidentFeatureSets(options.ResidentFeatureBytes(), sp.GetRequiredService<FeatureShardRepair>().LoadAsync));
         services.AddSingleton(Training.SegmentTimeLimit.FromSeconds(options.SegmentTimeLimitSeconds));
         services.AddSingleton<Training.SegmentTrainer>();
         services.AddSingleton<JobTracker>();

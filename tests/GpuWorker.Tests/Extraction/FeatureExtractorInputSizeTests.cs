@@ -19,7 +19,8 @@ namespace Cluster.GpuWorker.Tests.Extraction;
 /// <summary>
 /// resnet18-imagenet extracted at 64×64 (as training on Fashion-MNIST runs it) by the worker's own extractor, read back
 /// with <see cref="FeatureSetReader"/>, against a direct forward pass of the network on the same images decoded with
-/// the same preprocessing at 64; and several taps in one pass against a pass per tap.
+/// the same preprocessing at 64; several taps in one pass against a pass per tap; and damaged shards healed by a new
+/// extraction before training reads them.
 /// </summary>
 public sealed class FeatureExtractorInputSizeTests : IAsyncLifetime
 {
@@ -238,5 +239,82 @@ public sealed class FeatureExtractorInputSizeTests : IAsyncLifetime
         FeatureShardRecord shard = db.FeatureShards.Single(s => s.FeatureSetKey == bf16Key);
         shard.SkippedCount.ShouldBe(1);
         new FileInfo(_store.Resolve(shard.Path)).Length.ShouldBeLessThan(6 * 512 * 2 + 1024, "two bytes a value");
+    }
+
+    /// <summary>
+    /// A set of two shards planned as the service plans it (its request recorded), one shard's file then flipped by a
+    /// bit and the other's deleted: the worker's loader never uses either, extracts both again and trains on what a
+    /// fault-free read gave.
+    /// </summary>
+    [Fact]
+    public async Task Damaged_or_missing_shards_are_extracted_again_before_training_reads_them()
+    {
+        const string key = "resnet18-imagenet.avgpool.at64-repair";
+        var request = new EnsureFeatureSet
+        {
+            DatasetId = _dataset.Id, Model = BuiltInModels.ResNet18ImageNet, Layer = "avgpool", Pooling = "avg",
+            Preprocessing = ModelCatalog.Find(BuiltInModels.ResNet18ImageNet).Preprocessing.AtSize(InputSize).Name, Precision = "fp32",
+            WeightsHash = $"builtin:{BuiltInModels.ResNet18ImageNet}", ShardSize = 4, BatchSize = 4, InputSize = InputSize,
+        };
+        using var lanes = new ForwardLanes(new LaneLayout(1, 1));
+        using var models = new ModelProvider(_store, TorchDevice.Cpu, TestKernels.Verifier, NullLogger<ModelProvider>.Instance);
+        FeatureExtractor extractor = NewExtractor(models, lanes);
+        int images = _dataset.Entries.Count;
+        int extracted = 0;
+        for (int shard = 0; shard * 4 < images; shard++)
+        {
+            ShardOutcome outcome = await extractor.ExtractAsync(request.ShardJob(key, shard, shard * 4, Math.Min(4, images - (shard * 4))), CancellationToken.None);
+            await extractor.RecordAsync(outcome);
+            extracted += outcome.ImageCount;
+        }
+        await using (ClusterDbContext db = _databases.CreateDbContext())
+        {
+            db.FeatureSets.Add(new FeatureSetRecord
+            {
+                Key = key, Model = request.Model, WeightsHash = request.WeightsHash, Layer = request.Layer, Pooling = request.Pooling,
+                Preprocessing = request.Preprocessing, DatasetId = _dataset.Id, Dtype = FeatureStorageDtype.Fp32.RecordName, Shape = "512",
+                Status = FeatureSetStatus.Complete, ShardCount = 2, ShardSize = 4, ImageCount = images, ExtractedCount = extracted,
+                Request = System.Text.Json.JsonSerializer.Serialize(request),
+            });
+            await db.SaveChangesAsync();
+        }
+        float[] before;
+        long[] rowsBefore;
+        using (CachedFeatures intact = await FeatureSetReader.LoadAsync(_databases, _store, key, CancellationToken.None))
+        {
+            before = intact.Features.data<float>().ToArray();
+            rowsBefore = intact.Rows;
+        }
+        File.Delete(_store.Resolve(FeatureExtractor.ShardPath(key, 0)));
+        string flipped = _store.Resolve(FeatureExtractor.ShardPath(key, 1));
+        byte[] bytes = await File.ReadAllBytesAsync(flipped);
+        bytes[^3] ^= 0x10;
+        await File.WriteAllBytesAsync(flipped, bytes);
+        await Should.ThrowAsync<DamagedFeatureShardException>(() => FeatureSetReader.LoadAsync(_databases, _store, key, CancellationToken.None));
+
+        var repair = new FeatureShardRepair(_databases, _store, extractor, NullLogger<FeatureShardRepair>.Instance);
+        using (CachedFeatures healed = await repair.LoadAsync(key, CancellationToken.None))
+        {
+            healed.Rows.ShouldBe(rowsBefore);
+            float[] after = healed.Features.data<float>().ToArray();
+            double scale = before.Max(Math.Abs);
+            before.Zip(after, (a, b) => (double)Math.Abs(a - b)).Max().ShouldBeLessThanOrEqualTo(1e-5 * scale, "the same shards computed again");
+        }
+        // Healed on storage and in the database, not just in memory: the plain reader accepts every shard again.
+        using (CachedFeatures reread = await FeatureSetReader.LoadAsync(_databases, _store, key, CancellationToken.None))
+        {
+            reread.Rows.ShouldBe(rowsBefore);
+        }
+
+        // A set planned before requests were recorded cannot be extracted again: refused with the file named.
+        await using (ClusterDbContext db = _databases.CreateDbContext())
+        {
+            (await db.FeatureSets.FindAsync(key))!.Request = null;
+            await db.SaveChangesAsync();
+        }
+        File.Delete(flipped);
+        var refused = await Should.ThrowAsync<InvalidDataException>(() => repair.LoadAsync(key, CancellationToken.None));
+        refused.Message.ShouldStartWith($"{FeatureExtractor.ShardPath(key, 1)}: the file of shard 1 is missing");
+        refused.Message.ShouldContain("no worker can extract the shard again");
     }
 }

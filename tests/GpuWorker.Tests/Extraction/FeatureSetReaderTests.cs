@@ -121,10 +121,24 @@ public sealed class FeatureSetReaderTests : IAsyncLifetime
         bytes[^1] ^= 0x01;
         await File.WriteAllBytesAsync(_store.Resolve(path), bytes);
 
-        var failure = await Should.ThrowAsync<InvalidDataException>(() => FeatureSetReader.LoadAsync(_databases, _store, key, CancellationToken.None));
+        var failure = await Should.ThrowAsync<DamagedFeatureShardException>(() => FeatureSetReader.LoadAsync(_databases, _store, key, CancellationToken.None));
 
         failure.Message.ShouldStartWith(path + ": sha256 ");
         failure.Message.ShouldContain("does not match");
+        (failure.FeatureSetKey, failure.ShardIndex).ShouldBe((key, 1));
+    }
+
+    [Fact]
+    public async Task A_shard_whose_file_is_gone_is_named_as_damaged()
+    {
+        string key = await WriteSetAsync(FeatureStorageDtype.Fp32);
+        string path = FeatureExtractor.ShardPath(key, 0);
+        File.Delete(_store.Resolve(path));
+
+        var failure = await Should.ThrowAsync<DamagedFeatureShardException>(() => FeatureSetReader.LoadAsync(_databases, _store, key, CancellationToken.None));
+
+        failure.Message.ShouldBe($"{path}: the file of shard 0 is missing, though its row records it as extracted");
+        (failure.FeatureSetKey, failure.ShardIndex).ShouldBe((key, 0));
     }
 
     [Fact]
