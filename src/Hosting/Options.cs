@@ -112,6 +112,13 @@ public sealed class WorkerOptions
     [Range(-1, 7 * 24 * 3600)]
     public double SegmentTimeLimitSeconds { get; set; } = 1200;
 
+    /// <summary>
+    /// Seconds between checks of a shared volume that a job found full or read-only: the job waits (holding its
+    /// delivery, heartbeats going on) until a test write succeeds, then runs again; it is never failed for it.
+    /// </summary>
+    [Range(0.05, 3600)]
+    public double StorageRetrySeconds { get; set; } = 15;
+
     /// <summary><see cref="FeatureMemoryMiB"/> in bytes, the default resolved.</summary>
     public long ResidentFeatureBytes() => FeatureMemoryMiB switch
     {

@@ -1,4 +1,6 @@
 using Cluster.GpuWorker.Hosting;
+using Cluster.Storage.Files;
+using Cluster.TestSupport;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Logging.Abstractions;
 using Shouldly;
@@ -11,7 +13,10 @@ public sealed class WorkerJobRunnerTests
     private readonly JobTracker _tracker = new();
     private readonly List<string> _calls = [];
 
-    private WorkerJobRunner Runner => new(_tracker, NullLogger<WorkerJobRunner>.Instance);
+    private FileStore _volume = new(Directory.CreateTempSubdirectory("job-runner-").FullName);
+
+    private WorkerJobRunner Runner => new(_tracker, new StorageWait(_volume, TimeSpan.FromMilliseconds(50), NullLogger<StorageWait>.Instance),
+        NullLogger<WorkerJobRunner>.Instance);
 
     private sealed record Result(string Value);
 
@@ -126,5 +131,99 @@ public sealed class WorkerJobRunnerTests
             Runner.RunAsync("job/2", Job(compute: _ => throw new InvalidOperationException("libtorch"), canFail: false), default));
         _calls.ShouldBe(["compute while tracking job/2"]);
         _tracker.CurrentJob.ShouldBeNull();
+    }
+
+    /// <summary>
+    /// A job whose write meets a full volume (a real 1 MiB tmpfs, filled) is neither failed nor dropped: it waits until a
+    /// test write succeeds, runs again and is recorded once; one recorded meanwhile by another delivery is announced as
+    /// that one's; a shutdown while it waits leaves it unacknowledged.
+    /// </summary>
+    [FactWhenMountable]
+    public async Task A_job_that_meets_a_full_volume_waits_for_space_and_runs_again_instead_of_failing()
+    {
+        string mount = Directory.CreateTempSubdirectory("full-volume-").FullName;
+        ExternalCommand.Run("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mount).ExitCode.ShouldBe(0);
+        try
+        {
+            _volume = new FileStore(Path.Combine(mount, "storage"));
+            string filler = Path.Combine(mount, "filler");
+            async Task<TaskCompletionSource> FillAsync()
+            {
+                // To the last block, so that the worker's probe fails too until the filler goes.
+                await using (var stream = new FileStream(filler, FileMode.Create, FileAccess.Write, FileShare.None, bufferSize: 0))
+                {
+                    try
+                    {
+                        for (var block = new byte[16 * 1024]; ; )
+                        {
+                            await stream.WriteAsync(block);
+                        }
+                    }
+                    catch (IOException e) when (StorageFaults.VolumeFault(e) is not null)
+                    {
+                        // Full.
+                    }
+                }
+                return new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            }
+            TaskCompletionSource metFull = await FillAsync();
+            Result Write(CancellationToken ct)
+            {
+                try
+                {
+                    _volume.WriteAsync("checkpoints/t/segment-0.safetensors", (stream, token) => stream.WriteAsync(new byte[300 * 1024], token).AsTask(), ct)
+                        .GetAwaiter().GetResult();
+                    return new Result("written");
+                }
+                catch (IOException)
+                {
+                    metFull.TrySetResult();
+                    throw;
+                }
+            }
+
+            Task run = Runner.RunAsync("job/1", Job(compute: Write), default);
+            await metFull.Task.WaitAsync(TimeSpan.FromMinutes(1));
+            run.IsCompleted.ShouldBeFalse("it waits for space rather than failing");
+            File.Delete(filler);
+            await run.WaitAsync(TimeSpan.FromMinutes(1));
+            _calls.ShouldBe(["compute while tracking job/1", "compute while tracking job/1", "record written", "completed written recorded-before=False"]);
+            File.Exists(_volume.Resolve("checkpoints/t/segment-0.safetensors")).ShouldBeTrue();
+
+            // Recorded by another delivery while this one waited: its result stands, nothing is computed again.
+            _calls.Clear();
+            metFull = await FillAsync();
+            Task raced = Runner.RunAsync("job/2", Job(findRecorded: n => n == 0 ? null : new Result("elsewhere"), compute: Write), default);
+            await metFull.Task.WaitAsync(TimeSpan.FromMinutes(1));
+            File.Delete(filler);
+            await raced.WaitAsync(TimeSpan.FromMinutes(1));
+            _calls.ShouldBe(["compute while tracking job/2", "completed elsewhere recorded-before=True"]);
+
+            // A shutdown while waiting: cancelled, not failed, so the broker delivers it again.
+            _calls.Clear();
+            metFull = await FillAsync();
+            using var shutdown = new CancellationTokenSource();
+            Task stopped = Runner.RunAsync("job/3", Job(compute: Write), shutdown.Token);
+            await metFull.Task.WaitAsync(TimeSpan.FromMinutes(1));
+            await shutdown.CancelAsync();
+            await Should.ThrowAsync<OperationCanceledException>(() => stopped.WaitAsync(TimeSpan.FromMinutes(1)));
+            _calls.ShouldBe(["compute while tracking job/3"]);
+        }
+        finally
+        {
+            ExternalCommand.Run("umount", mount);
+            Directory.Delete(mount, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void Consecutive_volume_faults_of_one_job_back_off_so_a_probe_that_passes_for_a_write_that_does_not_fit_cannot_spin()
+    {
+        var wait = new StorageWait(_volume, TimeSpan.FromSeconds(15), NullLogger<StorageWait>.Instance);
+        wait.Backoff(1).ShouldBe(TimeSpan.FromSeconds(15));
+        wait.Backoff(2).ShouldBe(TimeSpan.FromSeconds(30));
+        wait.Backoff(3).ShouldBe(TimeSpan.FromSeconds(60));
+        wait.Backoff(6).ShouldBe(StorageWait.MaxBackoff);
+        wait.Backoff(1000).ShouldBe(StorageWait.MaxBackoff);
     }
 }

@@ -32,10 +32,11 @@ public sealed record WorkerJob<TResult>(
 /// <summary>
 /// The one skeleton of every worker job (self-test, feature shard, and the training segments to come): the tracker scope
 /// heartbeats report, the job id on every log line, "already recorded?" so a redelivered job costs one lookup, compute,
-/// record, a lost insert race treated as done, and the classification of failures. Only a shutdown leaves the message
-/// unacknowledged (redelivered, as after a crash); a failure of the job itself is recorded with its reason.
+/// record, a lost insert race treated as done, a full or read-only volume waited out (<see cref="StorageWait"/>) and the
+/// job run again, and the classification of failures. Only a shutdown leaves the message unacknowledged (redelivered, as
+/// after a crash); a failure of the job itself is recorded with its reason.
 /// </summary>
-public sealed class WorkerJobRunner(JobTracker jobs, ILogger<WorkerJobRunner> logger)
+public sealed class WorkerJobRunner(JobTracker jobs, StorageWait storage, ILogger<WorkerJobRunner> logger)
 {
     /// <param name="mayBeRecorded">False only when no earlier delivery of this job can exist (the sender's first send,
     /// delivered for the first time): the "already recorded?" lookup is skipped. Records are keyed by the job, so a
@@ -56,23 +57,38 @@ public sealed class WorkerJobRunner(JobTracker jobs, ILogger<WorkerJobRunner> lo
         try
         {
             TResult result;
-            try
+            int volumeFaults = 0;
+            while (true)
             {
-                result = await job.Compute(ct);
-                await job.Record(result);
-            }
-            catch (Exception e) when (e is DbUpdateException or AlreadyRecordedException)
-            {
-                TResult? winner = await job.FindRecorded(CancellationToken.None);
-                if (winner is null)
+                try
                 {
-                    throw;
+                    result = await job.Compute(ct);
+                    await job.Record(result);
+                    break;
                 }
-                // Another delivery of the same job recorded it first (a lost insert race, or a delivery the broker took back
-                // from this worker and gave to another while this one still computed); its result stands.
-                logger.LogInformation("Job {JobId} was recorded concurrently by another delivery; its result stands", jobId);
-                await job.Completed(winner, true);
-                return;
+                catch (Exception e) when (e is DbUpdateException or AlreadyRecordedException)
+                {
+                    TResult? winner = await job.FindRecorded(CancellationToken.None);
+                    if (winner is null)
+                    {
+                        throw;
+                    }
+                    // Another delivery of the same job recorded it first (a lost insert race, or a delivery the broker took back
+                    // from this worker and gave to another while this one still computed); its result stands.
+                    logger.LogInformation("Job {JobId} was recorded concurrently by another delivery; its result stands", jobId);
+                    await job.Completed(winner, true);
+                    return;
+                }
+                catch (Exception e) when (StorageFaults.VolumeFault(e) is IOException fault)
+                {
+                    // The volume's fault, not the job's: the same job, run again once the volume takes writes.
+                    await storage.UntilWritableAsync(jobId, fault, ++volumeFaults, ct);
+                    if (await job.FindRecorded(ct) is TResult recordedMeanwhile)
+                    {
+                        await job.Completed(recordedMeanwhile, true);
+                        return;
+                    }
+                }
             }
             await job.Completed(result, false);
         }
