@@ -96,6 +96,8 @@ public static class CoordinatorCli
         {
             c.SetApplicationName("coordinator");
             c.PropagateExceptions();
+            // An option no command knows (a typo such as --formt) is an error, not silently ignored.
+            c.Settings.StrictParsing = true;
             c.AddCommand<DemoCommand>("demo")
                 .WithDescription("An embedded sweep on the bundled Fashion-MNIST sample (ResNet-18: heads on features, fine-tune-top, fine-tune-all), then the leaderboard and the path of its HTML report.")
                 .WithExample("demo")

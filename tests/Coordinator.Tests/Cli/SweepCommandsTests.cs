@@ -136,4 +136,13 @@ public sealed class SweepCommandsTests : IDisposable
         error.ShouldContain("--format csv is for `sweep results` only");
         error.Trim().Split('\n').Length.ShouldBe(1, error);
     }
+
+    [Fact]
+    public async Task A_mistyped_option_is_one_line_and_exit_2_not_silently_ignored()
+    {
+        (int exitCode, string output, string error) = await RunAsync("sweep", "list", "--formt", "json");
+        exitCode.ShouldBe(2);
+        error.Trim().ShouldBe("coordinator: error: Unknown option 'formt'.");
+        output.ShouldBeEmpty();
+    }
 }
