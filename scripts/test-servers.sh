@@ -18,6 +18,8 @@
 # Exported variables (also written to "$CLUSTER_TEST_SERVERS_DIR/env"):
 #   CLUSTER_TEST_RABBITMQ_HOST             127.0.0.1
 #   CLUSTER_TEST_RABBITMQ_PORT             AMQP port
+#   CLUSTER_TEST_RABBITMQ_TLS_PORT         AMQPS port (TLS listener, certificate for 127.0.0.1 and localhost)
+#   CLUSTER_TEST_RABBITMQ_TLS_CA           PEM of the throwaway CA that signed the broker's certificate
 #   CLUSTER_TEST_RABBITMQ_USER             guest (administrator; works from loopback only)
 #   CLUSTER_TEST_RABBITMQ_PASSWORD         guest
 #   CLUSTER_TEST_RABBITMQ_MANAGEMENT_PORT  HTTP management API port (create/delete vhosts per test)
@@ -55,7 +57,7 @@ cluster_test_servers_stop() {
     bash "$_CTS_SCRIPT" stop "${1:-${CLUSTER_TEST_SERVERS_DIR:-}}" || return $?
     unset CLUSTER_TEST_RABBITMQ_HOST CLUSTER_TEST_RABBITMQ_PORT CLUSTER_TEST_RABBITMQ_USER \
         CLUSTER_TEST_RABBITMQ_PASSWORD CLUSTER_TEST_RABBITMQ_MANAGEMENT_PORT CLUSTER_TEST_RABBITMQCTL \
-        CLUSTER_TEST_POSTGRES CLUSTER_TEST_SERVERS_DIR
+        CLUSTER_TEST_RABBITMQ_TLS_PORT CLUSTER_TEST_RABBITMQ_TLS_CA CLUSTER_TEST_POSTGRES CLUSTER_TEST_SERVERS_DIR
 }
 
 if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then
@@ -101,6 +103,7 @@ missing_packages() {
         missing+=(postgresql)
     fi
     command -v curl >/dev/null 2>&1 || missing+=(curl)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
     # Not a server: the real Fashion-MNIST files one IDX import test reads (it is skipped, saying so, without them).
     [[ -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]] || missing+=(dataset-fashion-mnist)
@@ -279,9 +282,9 @@ cmd_start() {
     trap 'exit 130' INT
     trap 'exit 143' TERM
 
-    local ports amqp_port mgmt_port dist_port epmd_port pg_port
-    ports="$(pick_ports 5)"
-    read -r amqp_port mgmt_port dist_port epmd_port pg_port <<<"$ports"
+    local ports amqp_port mgmt_port dist_port epmd_port pg_port tls_port
+    ports="$(pick_ports 6)"
+    read -r amqp_port mgmt_port dist_port epmd_port pg_port tls_port <<<"$ports"
 
     local rmq_user pg_user
     read -r rmq_user pg_user <<<"$(server_users)"
@@ -298,8 +301,16 @@ cmd_start() {
     : >"$rdir/rabbitmq-env.conf"     # keeps /etc/rabbitmq/rabbitmq-env.conf out
     echo '[rabbitmq_management].' >"$rdir/enabled_plugins"
     echo '[].' >"$rdir/advanced.config"
+    make_tls_files "$rdir/tls"
     cat >"$rdir/rabbitmq.conf" <<EOF
 listeners.tcp.default = 127.0.0.1:$amqp_port
+# AMQPS beside AMQP, for the tests of RabbitMq:UseTls (a throwaway CA; the certificate names 127.0.0.1 and localhost).
+listeners.ssl.default = 127.0.0.1:$tls_port
+ssl_options.cacertfile = $rdir/tls/ca.pem
+ssl_options.certfile = $rdir/tls/server.pem
+ssl_options.keyfile = $rdir/tls/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
 management.tcp.ip = 127.0.0.1
 management.tcp.port = $mgmt_port
 loopback_users.guest = true
@@ -399,6 +410,8 @@ EOF
     {
         echo "export CLUSTER_TEST_RABBITMQ_HOST=127.0.0.1"
         echo "export CLUSTER_TEST_RABBITMQ_PORT=$amqp_port"
+        echo "export CLUSTER_TEST_RABBITMQ_TLS_PORT=$tls_port"
+        echo "export CLUSTER_TEST_RABBITMQ_TLS_CA=$(printf %q "$rdir/tls/ca.pem")"
         echo "export CLUSTER_TEST_RABBITMQ_USER=guest"
         echo "export CLUSTER_TEST_RABBITMQ_PASSWORD=guest"
         echo "export CLUSTER_TEST_RABBITMQ_MANAGEMENT_PORT=$mgmt_port"
@@ -414,6 +427,20 @@ EOF
         "RabbitMQ up after $((t_rmq - t_installed)) ms"
     trap - EXIT INT TERM
     cat "$env_file"
+}
+
+# make_tls_files DIR: a throwaway CA and a broker certificate it signed, valid for 127.0.0.1 and localhost for a week.
+make_tls_files() {
+    local tls=$1
+    mkdir -p "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 7 -subj "/CN=cluster-test-ca" \
+        -keyout "$tls/ca.key" -out "$tls/ca.pem" >"$tls/openssl.log" 2>&1 || { cat "$tls/openssl.log" >&2; die "openssl: CA"; }
+    openssl req -newkey rsa:2048 -nodes -sha256 -subj "/CN=localhost" \
+        -keyout "$tls/server.key" -out "$tls/server.csr" >>"$tls/openssl.log" 2>&1 || { cat "$tls/openssl.log" >&2; die "openssl: request"; }
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$tls/server.ext"
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial -days 7 -sha256 \
+        -extfile "$tls/server.ext" -out "$tls/server.pem" >>"$tls/openssl.log" 2>&1 || { cat "$tls/openssl.log" >&2; die "openssl: certificate"; }
+    chmod 644 "$tls/ca.pem"
 }
 
 # wait_for WHAT DEADLINE_S SIDFILE CHECK ARGS...: polls CHECK every 0.2 s; fails early if the session died.

@@ -42,6 +42,7 @@ public static class ClusterBus
                         h.Password(rabbit.Password);
                         h.RequestedConnectionTimeout(TimeSpan.FromSeconds(10));
                         h.Heartbeat((ushort)rabbit.HeartbeatSeconds);
+                        BrokerTls.Configure(h, rabbit);
                     });
                     cfg.SendTopology.ConfigureErrorSettings = JobQueues.PlainFailureQueue;
                     cfg.SendTopology.ConfigureDeadLetterSettings = JobQueues.PlainFailureQueue;

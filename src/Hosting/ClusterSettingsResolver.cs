@@ -40,6 +40,7 @@ public static class ClusterSettingsResolver
             {
                 throw new ClusterConfigurationException($"RabbitMq:HeartbeatSeconds {rabbit.HeartbeatSeconds} is not a heartbeat interval (0 for none, or 1-65535 seconds).");
             }
+            BrokerTls.Validate(rabbit);
         }
 
         DatabaseProvider provider = ParseProvider(database.Provider, mode);

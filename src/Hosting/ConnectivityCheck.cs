@@ -50,6 +50,7 @@ public static class ConnectivityCheck
             RequestedConnectionTimeout = s_timeout,
             AutomaticRecoveryEnabled = false,
             ClientProvidedName = clientName,
+            Ssl = BrokerTls.Option(options),
         };
     }
 
@@ -125,6 +126,13 @@ public static class ConnectivityCheck
                     return $"user '{options.Username}' was refused (wrong user name or password)";
                 case OperationInterruptedException oi when oi.ShutdownReason?.ReplyCode == 530:
                     return $"access to virtual host '{options.VirtualHost}' refused (it does not exist or user '{options.Username}' has no permission)";
+                case System.Security.Authentication.AuthenticationException:
+                    return options.UseTls
+                        ? $"the TLS handshake failed: the broker's certificate is not valid for '{(string.IsNullOrWhiteSpace(options.TlsServerName) ? options.Host : options.TlsServerName)}' or not signed by a trusted CA (RabbitMq:TlsServerName, RabbitMq:TlsCaFile), or port {options.Port} is not its TLS listener"
+                        : x.Message;
+                case SocketException { SocketErrorCode: SocketError.ConnectionReset } se when !options.UseTls:
+                    // What a TLS listener does to a plain AMQP greeting.
+                    return $"{DescribeSocket(se)} (if port {options.Port} is the broker's TLS listener, set RabbitMq:UseTls=true)";
                 case SocketException se:
                     return DescribeSocket(se);
                 case TimeoutException:

@@ -47,7 +47,28 @@ public sealed class RabbitMqOptions
     /// </summary>
     public int HeartbeatSeconds { get; set; } = 20;
 
-    public string Describe() => $"RabbitMQ at {Host}:{Port} (virtual host '{VirtualHost}')";
+    /// <summary>
+    /// AMQP over TLS (AMQPS; the broker's TLS listener is usually port 5671, set <see cref="Port"/> to it). The broker's
+    /// certificate must be valid for <see cref="TlsServerName"/> and chain to the system's trusted roots or to
+    /// <see cref="TlsCaFile"/>; nothing is accepted on a policy error.
+    /// </summary>
+    public bool UseTls { get; set; }
+
+    /// <summary>The name the broker's certificate must carry; default <see cref="Host"/>.</summary>
+    public string? TlsServerName { get; set; }
+
+    /// <summary>
+    /// A PEM file of the certificate authority (or authorities) that signed the broker's certificate, trusted for the
+    /// broker alone in addition to the system's roots: a private CA mounted from a secret.
+    /// </summary>
+    public string? TlsCaFile { get; set; }
+
+    /// <summary>A client certificate (PKCS#12) for brokers that require mutual TLS; its password in <see cref="TlsClientCertificatePassword"/>.</summary>
+    public string? TlsClientCertificate { get; set; }
+
+    public string? TlsClientCertificatePassword { get; set; }
+
+    public string Describe() => $"RabbitMQ at {Host}:{Port}{(UseTls ? " over TLS" : "")} (virtual host '{VirtualHost}')";
 }
 
 /// <summary>Section "Database". In cluster mode PostgreSQL; embedded, a SQLite file under the storage root.</summary>

@@ -83,4 +83,34 @@ public sealed class ClusterSettingsResolverTests
 
         error.Message.ShouldBe(message);
     }
+
+    [Fact]
+    public void Tls_files_that_are_missing_not_certificates_or_set_without_tls_are_named_in_one_line()
+    {
+        ClusterConfigurationException Resolve(params (string, string)[] tls) => Should.Throw<ClusterConfigurationException>(() =>
+            ClusterSettingsResolver.Resolve(Config([("RabbitMq:Host", "h"), ("Database:ConnectionString", "Host=db"), .. tls])));
+
+        string missing = Path.Combine(Path.GetTempPath(), $"no-such-ca-{Guid.NewGuid():N}.pem");
+        Resolve(("RabbitMq:UseTls", "true"), ("RabbitMq:TlsCaFile", missing)).Message
+            .ShouldBe($"RabbitMq:TlsCaFile: file '{missing}' does not exist.");
+
+        string notPem = Path.GetTempFileName();
+        try
+        {
+            File.WriteAllText(notPem, "password=hunter2\n");
+            ClusterConfigurationException error = Resolve(("RabbitMq:UseTls", "true"), ("RabbitMq:TlsCaFile", notPem));
+            error.Message.ShouldBe($"RabbitMq:TlsCaFile: '{notPem}' holds no PEM certificate.");
+            error.Message.ShouldNotContain("hunter2");
+        }
+        finally
+        {
+            File.Delete(notPem);
+        }
+
+        Resolve(("RabbitMq:TlsCaFile", missing)).Message.ShouldStartWith("RabbitMq:TlsCaFile or RabbitMq:TlsClientCertificate is set but RabbitMq:UseTls is not");
+        Resolve(("RabbitMq:UseTls", "true"), ("RabbitMq:TlsClientCertificate", missing)).Message
+            .ShouldBe($"RabbitMq:TlsClientCertificate: file '{missing}' does not exist.");
+        ClusterSettingsResolver.Resolve(Config(("RabbitMq:Host", "h"), ("Database:ConnectionString", "Host=db"), ("RabbitMq:UseTls", "true")))
+            .RabbitMq.UseTls.ShouldBeTrue("TLS with the system's roots needs no file");
+    }
 }

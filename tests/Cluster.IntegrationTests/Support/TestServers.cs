@@ -9,6 +9,12 @@ public static class TestServers
 
     public static int RabbitPort => int.Parse(Require("CLUSTER_TEST_RABBITMQ_PORT"), System.Globalization.CultureInfo.InvariantCulture);
 
+    /// <summary>The broker's AMQPS listener; its certificate names 127.0.0.1 and localhost, signed by <see cref="RabbitTlsCa"/>.</summary>
+    public static int RabbitTlsPort => int.Parse(Require("CLUSTER_TEST_RABBITMQ_TLS_PORT"), System.Globalization.CultureInfo.InvariantCulture);
+
+    /// <summary>PEM of the throwaway CA test-servers.sh made for the broker (trusted nowhere else).</summary>
+    public static string RabbitTlsCa => Require("CLUSTER_TEST_RABBITMQ_TLS_CA");
+
     public static string RabbitUser => Require("CLUSTER_TEST_RABBITMQ_USER");
 
     public static string RabbitPassword => Require("CLUSTER_TEST_RABBITMQ_PASSWORD");

@@ -19,7 +19,10 @@ public sealed class ConfigShowCommand : Command<GlobalSettings>
             mode = s.Mode.ToString().ToLowerInvariant(),
             storageRoot = s.StorageRoot,
             rabbitMq = cluster
-                ? new { host = s.RabbitMq.Host, port = s.RabbitMq.Port, virtualHost = s.RabbitMq.VirtualHost, username = s.RabbitMq.Username, password = "***" }
+                ? new { host = s.RabbitMq.Host, port = s.RabbitMq.Port, virtualHost = s.RabbitMq.VirtualHost, username = s.RabbitMq.Username, password = "***",
+                    tls = s.RabbitMq.UseTls
+                        ? new { serverName = s.RabbitMq.TlsServerName ?? s.RabbitMq.Host, caFile = s.RabbitMq.TlsCaFile, clientCertificate = s.RabbitMq.TlsClientCertificate }
+                        : null }
                 : null,
             database = new { provider = s.DatabaseProvider.ToString().ToLowerInvariant(), connectionString = database },
             configurationFile = Path.Combine(AppContext.BaseDirectory, "appsettings.json"),
