@@ -271,6 +271,56 @@ public sealed class SweepServiceTests : IAsyncLifetime
             QueueNames.DirectedWait * 3, "the dead worker's queue to be empty");
     }
 
+    /// <summary>
+    /// Item 5 of the chaos issue through real processes: a cached feature set whose shard file was damaged on the volume
+    /// (bytes overwritten, its sha256 no longer the recorded one) is extracted again by the worker that reads it, never
+    /// used: the next sweep on that prefix completes, the shard's file matches its row again, and the trial's results
+    /// equal those of the same trial trained on the undamaged features.
+    /// </summary>
+    [Fact]
+    public async Task A_damaged_cached_feature_shard_is_extracted_again_by_the_next_sweep_and_its_results_stand()
+    {
+        string spec = WriteSpec("repair", "[0.01]", parallelism: 1, epochs: 1, strategy: "strategy: fine-tune-top\ncutoff: layer3");
+        _cluster.Coordinator("serve", "--cluster");
+        ClusterProcess first = _cluster.Worker("--device", "cpu", "--id", "first-" + _cluster.Name);
+        Guid before = await SubmitAsync(spec);
+        await WaitForStatusAsync(before, SweepStatus.Completed, "the first sweep to complete");
+        // A new worker process, so that nothing of the set is resident in memory and training reads the files.
+        await KillAsync(first);
+
+        await using var db = _cluster.Database();
+        TrialRecord trained = await db.Trials.AsNoTracking().SingleAsync(t => t.SweepId == before);
+        // fine-tune-top's first epoch trains the new top on the pooled tap of the layer3 pass (layer3's own set is read
+        // only once the suffix trains): the pooled set is the one the next sweep's trial reads.
+        trained.PrefixKey.ShouldNotBeNull().ShouldStartWith("resnet18.layer3.");
+        string key = await db.FeatureSets.AsNoTracking().Where(f => f.Layer == "avgpool").Select(f => f.Key).SingleAsync();
+        FeatureShardRecord shard = await db.FeatureShards.AsNoTracking().Where(s => s.FeatureSetKey == key).OrderBy(s => s.Index).FirstAsync();
+        string file = Path.IsPathRooted(shard.Path) ? shard.Path : Path.Combine(_cluster.StorageRoot, shard.Path);
+        byte[] bytes = await File.ReadAllBytesAsync(file);
+        Array.Fill(bytes, (byte)0x5A, bytes.Length / 2, Math.Min(4096, bytes.Length / 4));
+        await File.WriteAllBytesAsync(file, bytes);
+        Sha256Hex(file).ShouldNotBe(shard.Sha256, "the shard is damaged");
+
+        ClusterProcess second = _cluster.Worker("--device", "cpu", "--id", "second-" + _cluster.Name);
+        Guid after = await SubmitAsync(spec);
+        await WaitForStatusAsync(after, SweepStatus.Completed, "the sweep on the damaged set to complete");
+
+        TrialRecord retrained = await db.Trials.AsNoTracking().SingleAsync(t => t.SweepId == after);
+        retrained.Status.ShouldBe(TrialStatus.Completed, _cluster.DescribeProcesses());
+        FeatureShardRecord repaired = await db.FeatureShards.AsNoTracking().SingleAsync(s => s.FeatureSetKey == key && s.Index == shard.Index);
+        string repairedFile = Path.IsPathRooted(repaired.Path) ? repaired.Path : Path.Combine(_cluster.StorageRoot, repaired.Path);
+        Sha256Hex(repairedFile).ShouldBe(repaired.Sha256, $"the shard's file matches its row again; was {shard.Path} {shard.Sha256}, now {repaired.Path}\n{_cluster.DescribeProcesses()}");
+        second.Lines.ShouldContain(l => l.Contains("extracting shard", StringComparison.Ordinal) && l.Contains(key, StringComparison.Ordinal), second.Describe());
+        retrained.ValidationAccuracy.ShouldBe(trained.ValidationAccuracy);
+        retrained.ValidationLoss.ShouldNotBeNull().ShouldBe(trained.ValidationLoss.ShouldNotBeNull(), 1e-6, "the same trial on features extracted again");
+    }
+
+    private static string Sha256Hex(string path)
+    {
+        using FileStream stream = File.OpenRead(path);
+        return Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(stream));
+    }
+
     [Fact]
     public async Task A_segment_past_the_delivery_limit_fails_its_trial_with_the_reason_the_sweep_goes_on_and_coordinator_errors_lists_it()
     {
