@@ -70,6 +70,17 @@ public sealed class FullVolumeTests : IAsyncLifetime
             await Eventually.WaitAsync(() => Task.FromResult(worker.Lines.Any(l => l.Contains("waits for the shared volume", StringComparison.Ordinal))),
                 s_deadline, "the worker to wait for the full volume");
 
+            // `coordinator workers` says why the worker's job is held (from its heartbeats), and that it is alive.
+            await Eventually.WaitAsync(async () =>
+            {
+                (int code, ClusterProcess workers) = await _cluster.RunCoordinatorAsync(s_deadline, "workers", "--cluster", "--format", "json");
+                code.ShouldBe(0, workers.Describe());
+                using var json = System.Text.Json.JsonDocument.Parse(workers.StandardOutput);
+                System.Text.Json.JsonElement row = json.RootElement.EnumerateArray().Single();
+                return row.GetProperty("status").GetString() == "alive"
+                    && row.GetProperty("waiting").GetString() is string waiting && waiting.StartsWith("the shared volume: ", StringComparison.Ordinal);
+            }, s_deadline, "coordinator workers to show the worker waiting for the shared volume");
+
             int recordedWhileFull;
             await using (var db = _cluster.Database())
             {
@@ -103,6 +114,11 @@ public sealed class FullVolumeTests : IAsyncLifetime
                 .Where(f => Path.GetFileName(f).StartsWith('.') && !Path.GetFileName(f).StartsWith(".write-probe", StringComparison.Ordinal))
                 .ShouldBeEmpty("no temporary file of a failed write is left behind");
             worker.Lines.ShouldContain(l => l.Contains("takes writes again", StringComparison.Ordinal), worker.Describe());
+            await Eventually.WaitAsync(async () =>
+            {
+                await using var db = _cluster.Database();
+                return (await db.Workers.AsNoTracking().SingleAsync()).Waiting is null;
+            }, s_deadline, "the worker's heartbeats to stop reporting the wait");
         }
         finally
         {

@@ -15,7 +15,7 @@ public sealed class WorkerJobRunnerTests
 
     private FileStore _volume = new(Directory.CreateTempSubdirectory("job-runner-").FullName);
 
-    private WorkerJobRunner Runner => new(_tracker, new StorageWait(_volume, TimeSpan.FromMilliseconds(50), NullLogger<StorageWait>.Instance),
+    private WorkerJobRunner Runner => new(_tracker, new StorageWait(_volume, TimeSpan.FromMilliseconds(50), _tracker, NullLogger<StorageWait>.Instance),
         NullLogger<WorkerJobRunner>.Instance);
 
     private sealed record Result(string Value);
@@ -185,8 +185,12 @@ public sealed class WorkerJobRunnerTests
             Task run = Runner.RunAsync("job/1", Job(compute: Write), default);
             await metFull.Task.WaitAsync(TimeSpan.FromMinutes(1));
             run.IsCompleted.ShouldBeFalse("it waits for space rather than failing");
+            // Set before the wait's first delay, so before RunAsync returned its task.
+            _tracker.Waiting.ShouldNotBeNull().ShouldStartWith("the shared volume: ");
+            _tracker.CurrentJob.ShouldBe("job/1");
             File.Delete(filler);
             await run.WaitAsync(TimeSpan.FromMinutes(1));
+            _tracker.Waiting.ShouldBeNull("it no longer waits");
             _calls.ShouldBe(["compute while tracking job/1", "compute while tracking job/1", "record written", "completed written recorded-before=False"]);
             File.Exists(_volume.Resolve("checkpoints/t/segment-0.safetensors")).ShouldBeTrue();
 
@@ -219,7 +223,7 @@ public sealed class WorkerJobRunnerTests
     [Fact]
     public void Consecutive_volume_faults_of_one_job_back_off_so_a_probe_that_passes_for_a_write_that_does_not_fit_cannot_spin()
     {
-        var wait = new StorageWait(_volume, TimeSpan.FromSeconds(15), NullLogger<StorageWait>.Instance);
+        var wait = new StorageWait(_volume, TimeSpan.FromSeconds(15), _tracker, NullLogger<StorageWait>.Instance);
         wait.Backoff(1).ShouldBe(TimeSpan.FromSeconds(15));
         wait.Backoff(2).ShouldBe(TimeSpan.FromSeconds(30));
         wait.Backoff(3).ShouldBe(TimeSpan.FromSeconds(60));

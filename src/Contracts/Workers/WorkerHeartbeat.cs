@@ -12,6 +12,10 @@ public sealed record WorkerHeartbeat
     /// <summary>The id of the job in progress, or null when idle.</summary>
     public string? CurrentJob { get; init; }
 
+    /// <summary>What the current job waits for outside itself (a full or read-only shared volume) and since when; null
+    /// while it works. A worker whose job is held this way is alive, not lost, and not failing its work.</summary>
+    public string? Waiting { get; init; }
+
     /// <summary>Images per second over the last interval, when the current job processes images.</summary>
     public double? ImagesPerSecond { get; init; }
 

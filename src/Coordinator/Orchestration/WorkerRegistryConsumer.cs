@@ -34,6 +34,7 @@ public sealed class WorkerRegistryConsumer(IDbContextFactory<ClusterDbContext> d
         worker.StartedAt = m.StartedAt;
         worker.LastHeartbeat = Max(worker.LastHeartbeat, m.StartedAt);
         worker.CurrentJob = null;
+        worker.Waiting = null;
         await db.SaveChangesAsync(context.CancellationToken);
     }
 
@@ -57,6 +58,7 @@ public sealed class WorkerRegistryConsumer(IDbContextFactory<ClusterDbContext> d
         worker.Status = WorkerStatus.Alive;
         worker.LastHeartbeat = m.SentAt;
         worker.CurrentJob = m.CurrentJob;
+        worker.Waiting = m.Waiting;
         worker.ImagesPerSecond = m.ImagesPerSecond;
         worker.ResidentBytes = m.ResidentBytes;
         worker.KernelCheck = m.KernelCheck ?? worker.KernelCheck;
@@ -75,6 +77,7 @@ public sealed class WorkerRegistryConsumer(IDbContextFactory<ClusterDbContext> d
         }
         worker.Status = WorkerStatus.Stopped;
         worker.CurrentJob = null;
+        worker.Waiting = null;
         worker.ImagesPerSecond = null;
         worker.LastHeartbeat = Max(worker.LastHeartbeat, m.StoppedAt);
         await db.SaveChangesAsync(context.CancellationToken);

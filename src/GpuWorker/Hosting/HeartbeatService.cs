@@ -43,6 +43,7 @@ public sealed class HeartbeatService(
                     Version = identity.Version,
                     SentAt = DateTime.UtcNow,
                     CurrentJob = jobs.CurrentJob,
+                    Waiting = jobs.Waiting,
                     ImagesPerSecond = jobs.ImagesPerSecond,
                     ResidentBytes = Environment.WorkingSet,
                     KernelCheck = kernels.Report is { Checked: > 0 } report ? report.Summary : null,

@@ -9,6 +9,7 @@ public sealed class JobTracker
     private readonly object _gate = new();
     private string? _currentJob;
     private double? _imagesPerSecond;
+    private string? _waiting;
 
     public string? CurrentJob
     {
@@ -30,6 +31,30 @@ public sealed class JobTracker
                 return _imagesPerSecond;
             }
         }
+    }
+
+    /// <summary>What the current job waits for, when it waits on something outside it (a full or read-only volume), with
+    /// since when; null while it works. Heartbeats carry it, so `coordinator workers` shows a stuck worker's reason.</summary>
+    public string? Waiting
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _waiting;
+            }
+        }
+    }
+
+    /// <summary>Marks the worker waiting for <paramref name="what"/> until the returned scope is disposed.</summary>
+    public IDisposable BeginWaiting(string what)
+    {
+        string waiting = $"{what} (since {DateTime.UtcNow:HH:mm:ss} UTC)";
+        lock (_gate)
+        {
+            _waiting = waiting;
+        }
+        return new WaitScope(this, waiting);
     }
 
     public IDisposable Begin(string jobId)
@@ -60,6 +85,22 @@ public sealed class JobTracker
                 _imagesPerSecond = null;
             }
         }
+    }
+
+    private void EndWaiting(string waiting)
+    {
+        lock (_gate)
+        {
+            if (ReferenceEquals(_waiting, waiting))
+            {
+                _waiting = null;
+            }
+        }
+    }
+
+    private sealed class WaitScope(JobTracker tracker, string waiting) : IDisposable
+    {
+        public void Dispose() => tracker.EndWaiting(waiting);
     }
 
     private sealed class JobScope(JobTracker tracker, string jobId) : IDisposable

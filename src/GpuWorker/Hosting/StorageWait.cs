@@ -13,7 +13,7 @@ namespace Cluster.GpuWorker.Hosting;
 /// consecutive fault of the same job therefore waits twice as long before probing (up to <see cref="MaxBackoff"/>), and
 /// such a job runs again at a falling rate instead of spinning on its compute.
 /// </summary>
-public sealed class StorageWait(FileStore store, TimeSpan interval, ILogger<StorageWait> logger)
+public sealed class StorageWait(FileStore store, TimeSpan interval, JobTracker jobs, ILogger<StorageWait> logger)
 {
     public static readonly TimeSpan MaxBackoff = TimeSpan.FromMinutes(5);
 
@@ -30,6 +30,7 @@ public sealed class StorageWait(FileStore store, TimeSpan interval, ILogger<Stor
             jobId, store.Root, fault.Message, backoff.TotalSeconds, interval.TotalSeconds, attempt);
         DateTime since = DateTime.UtcNow;
         DateTime lastReport = since;
+        using IDisposable waiting = jobs.BeginWaiting($"the shared volume: {fault.Message}");
         await Task.Delay(backoff, ct);
         while (!StorageFaults.CanWrite(store))
         {

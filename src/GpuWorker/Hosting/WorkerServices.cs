@@ -41,7 +41,7 @@ public static class WorkerServices
         services.AddSingleton<Training.SegmentTrainer>();
         services.AddSingleton<JobTracker>();
         services.AddSingleton(sp => new StorageWait(sp.GetRequiredService<FileStore>(), TimeSpan.FromSeconds(Math.Max(0.1, options.StorageRetrySeconds)),
-            sp.GetRequiredService<ILogger<StorageWait>>()));
+            sp.GetRequiredService<JobTracker>(), sp.GetRequiredService<ILogger<StorageWait>>()));
         services.AddSingleton<WorkerJobRunner>();
         services.AddHostedService<KernelCanaryService>();
         services.AddHostedService(sp => new HeartbeatService(

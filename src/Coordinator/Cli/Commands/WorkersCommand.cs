@@ -46,6 +46,8 @@ public sealed class WorkersCommand : AsyncCommand<WorkersSettings>
                 lastHeartbeat = w.LastHeartbeat,
                 secondsSinceHeartbeat = Math.Round((now - w.LastHeartbeat).TotalSeconds, 1),
                 currentJob = w.CurrentJob,
+                // Alive but held: the job waits for something outside it (a full or read-only volume), not failing.
+                waiting = w.Status == WorkerStatus.Stopped ? null : w.Waiting,
                 imagesPerSecond = w.ImagesPerSecond,
                 residentMiB = w.ResidentBytes is long bytes ? bytes / (1024 * 1024) : (long?)null,
                 kernelCheck = w.KernelCheck,
@@ -69,7 +71,8 @@ public sealed class WorkersCommand : AsyncCommand<WorkersSettings>
                 string status = w.status switch { "alive" => "[green]alive[/]", "lost" => "[red]lost[/]", _ => "[grey]stopped[/]" };
                 table.AddRow(
                     new Text(w.id), new Text(w.host), new Text(w.device), new Text(w.version), new Markup(status),
-                    new Text($"{w.secondsSinceHeartbeat:F0} s ago"), new Text(w.currentJob ?? "-"),
+                    new Text($"{w.secondsSinceHeartbeat:F0} s ago"),
+                    w.waiting is null ? new Text(w.currentJob ?? "-") : new Markup($"{Markup.Escape(w.currentJob ?? "-")} [yellow]waits for {Markup.Escape(w.waiting)}[/]"),
                     new Text(w.imagesPerSecond is double ips ? ips.ToString("F1", System.Globalization.CultureInfo.InvariantCulture) : "-"),
                     new Text(w.residentMiB is long mib ? $"{mib} MiB" : "-"),
                     new Text(w.kernelCheck ?? "-"));

@@ -266,6 +266,9 @@ public sealed class WorkerRecord
     public DateTime StartedAt { get; set; }
     public DateTime LastHeartbeat { get; set; }
     public string? CurrentJob { get; set; }
+
+    /// <summary>What the current job waits for at the last heartbeat (see WorkerHeartbeat.Waiting).</summary>
+    public string? Waiting { get; set; }
     public double? ImagesPerSecond { get; set; }
 
     /// <summary>Resident memory of the worker process at its last heartbeat, in bytes.</summary>

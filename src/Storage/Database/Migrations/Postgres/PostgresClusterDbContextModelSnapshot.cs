@@ -712,6 +712,10 @@ namespace Cluster.Storage.Database.Migrations.Postgres
                         .HasColumnType("text")
                         .HasColumnName("version");
 
+                    b.Property<string>("Waiting")
+                        .HasColumnType("text")
+                        .HasColumnName("waiting");
+
                     b.HasKey("Id")
                         .HasName("pk_workers");
 

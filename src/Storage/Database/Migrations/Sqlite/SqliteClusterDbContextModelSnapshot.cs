@@ -703,6 +703,10 @@ namespace Cluster.Storage.Database.Migrations.Sqlite
                         .HasColumnType("TEXT")
                         .HasColumnName("version");
 
+                    b.Property<string>("Waiting")
+                        .HasColumnType("TEXT")
+                        .HasColumnName("waiting");
+
                     b.HasKey("Id")
                         .HasName("pk_workers");
 
