@@ -1,6 +1,6 @@
-using System.Security.Cryptography;
 using Cluster.IntegrationTests.Support;
 using Cluster.Storage.Database.Entities;
+using Cluster.Storage.Files;
 using Cluster.TestSupport;
 using Cluster.TestSupport.Training;
 using Microsoft.EntityFrameworkCore;
@@ -31,124 +31,92 @@ public sealed class FullVolumeTests : IAsyncLifetime
     public async Task A_volume_that_fills_mid_sweep_holds_the_segment_until_space_returns_and_nothing_is_lost_or_torn()
     {
         string root = _cluster.StorageRoot;
-        Directory.CreateDirectory(root);
-        ExternalCommand.Run("mount", "-t", "tmpfs", "-o", "size=768m", "tmpfs", root).ExitCode.ShouldBe(0);
-        string filler = Path.Combine(root, "filler");
-        try
+        // Unmounted (lazily: the processes may still hold files there until the cluster's disposal stops them) before
+        // that disposal removes the folder.
+        using TmpfsVolume volume = TmpfsVolume.Mount("768m", at: root);
+        var files = new FileStore(root);
+        string images = Path.Combine(root, "..", $"images-{_cluster.Name}");
+        StripeImages.Write(Path.Combine(images, "train"), perClass: 12);
+        string spec = Path.Combine(images, "full.yaml");
+        await File.WriteAllTextAsync(spec, """
+            name: full-volume
+            dataset:
+              train: train
+              validation: 0.25
+            model: resnet18
+            weights: random
+            input_size: 32
+            strategy: from-scratch
+            lr: 0.01
+            optimizer: sgd
+            epochs: 4
+            batch_size: 8
+            segment_epochs: 1
+            seed: 3
+            parallelism: 1
+            """);
+        _cluster.Environment["Worker__StorageRetrySeconds"] = "0.5";
+        _cluster.Coordinator("serve", "--cluster");
+        ClusterProcess worker = _cluster.Worker("--device", "cpu", "--id", "w-" + _cluster.Name);
+        Guid sweepId = await _cluster.SubmitSweepAsync(spec, s_deadline);
+
+        await Eventually.WaitAsync(async () =>
         {
-            string images = Path.Combine(root, "..", $"images-{_cluster.Name}");
-            StripeImages.Write(Path.Combine(images, "train"), perClass: 12);
-            string spec = Path.Combine(images, "full.yaml");
-            await File.WriteAllTextAsync(spec, """
-                name: full-volume
-                dataset:
-                  train: train
-                  validation: 0.25
-                model: resnet18
-                weights: random
-                input_size: 32
-                strategy: from-scratch
-                lr: 0.01
-                optimizer: sgd
-                epochs: 4
-                batch_size: 8
-                segment_epochs: 1
-                seed: 3
-                parallelism: 1
-                """);
-            _cluster.Environment["Worker__StorageRetrySeconds"] = "0.5";
-            _cluster.Coordinator("serve", "--cluster");
-            ClusterProcess worker = _cluster.Worker("--device", "cpu", "--id", "w-" + _cluster.Name);
-            Guid sweepId = await _cluster.SubmitSweepAsync(spec, s_deadline);
+            await using var db = _cluster.Database();
+            return await db.Segments.AnyAsync(s => s.Status == SegmentStatus.Completed);
+        }, s_deadline, "the first segment to be recorded");
+        string filler = await volume.FillAsync();
+        await Eventually.WaitAsync(() => Task.FromResult(worker.Lines.Any(l => l.Contains("waits for the shared volume", StringComparison.Ordinal))),
+            s_deadline, "the worker to wait for the full volume");
 
-            await Eventually.WaitAsync(async () =>
-            {
-                await using var db = _cluster.Database();
-                return await db.Segments.AnyAsync(s => s.Status == SegmentStatus.Completed);
-            }, s_deadline, "the first segment to be recorded");
-            await FillAsync(filler);
-            await Eventually.WaitAsync(() => Task.FromResult(worker.Lines.Any(l => l.Contains("waits for the shared volume", StringComparison.Ordinal))),
-                s_deadline, "the worker to wait for the full volume");
+        // `coordinator workers` says why the worker's job is held (from its heartbeats), and that it is alive.
+        await Eventually.WaitAsync(async () =>
+        {
+            (int code, ClusterProcess workers) = await _cluster.RunCoordinatorAsync(s_deadline, "workers", "--cluster", "--format", "json");
+            code.ShouldBe(0, workers.Describe());
+            using var json = System.Text.Json.JsonDocument.Parse(workers.StandardOutput);
+            System.Text.Json.JsonElement row = json.RootElement.EnumerateArray().Single();
+            return row.GetProperty("status").GetString() == "alive"
+                && row.GetProperty("waiting").GetString() is string waiting && waiting.StartsWith("the shared volume: ", StringComparison.Ordinal);
+        }, s_deadline, "coordinator workers to show the worker waiting for the shared volume");
 
-            // `coordinator workers` says why the worker's job is held (from its heartbeats), and that it is alive.
-            await Eventually.WaitAsync(async () =>
-            {
-                (int code, ClusterProcess workers) = await _cluster.RunCoordinatorAsync(s_deadline, "workers", "--cluster", "--format", "json");
-                code.ShouldBe(0, workers.Describe());
-                using var json = System.Text.Json.JsonDocument.Parse(workers.StandardOutput);
-                System.Text.Json.JsonElement row = json.RootElement.EnumerateArray().Single();
-                return row.GetProperty("status").GetString() == "alive"
-                    && row.GetProperty("waiting").GetString() is string waiting && waiting.StartsWith("the shared volume: ", StringComparison.Ordinal);
-            }, s_deadline, "coordinator workers to show the worker waiting for the shared volume");
+        int recordedWhileFull;
+        await using (var db = _cluster.Database())
+        {
+            (await db.Trials.AsNoTracking().SingleAsync(t => t.SweepId == sweepId)).Status.ShouldBe(TrialStatus.Running, "a full volume fails no trial");
+            recordedWhileFull = await db.Segments.CountAsync(s => s.Status == SegmentStatus.Completed);
+        }
+        recordedWhileFull.ShouldBeLessThan(4, "the waiting segment is not recorded");
 
-            int recordedWhileFull;
-            await using (var db = _cluster.Database())
+        File.Delete(filler);
+        await Eventually.WaitAsync(async () =>
+        {
+            await using var db = _cluster.Database();
+            return (await db.Sweeps.AsNoTracking().SingleAsync(s => s.Id == sweepId)).Status == SweepStatus.Completed;
+        }, s_deadline, "the sweep to complete once space returned");
+
+        await using (var db = _cluster.Database())
+        {
+            TrialRecord trial = await db.Trials.AsNoTracking().SingleAsync(t => t.SweepId == sweepId);
+            trial.Status.ShouldBe(TrialStatus.Completed, _cluster.DescribeProcesses());
+            List<SegmentRecord> segments = await db.Segments.AsNoTracking().Where(s => s.TrialId == trial.Id).ToListAsync();
+            segments.Select(s => s.Index).Order().ToArray().ShouldBe([0, 1, 2, 3], "one segment per epoch, none twice");
+            (await db.EpochMetrics.CountAsync(m => m.TrialId == trial.Id)).ShouldBe(8, "train and validation rows per epoch, none twice");
+            foreach (SegmentRecord segment in segments.Where(s => s.CheckpointPath is not null && File.Exists(Path.Combine(root, s.CheckpointPath))))
             {
-                (await db.Trials.AsNoTracking().SingleAsync(t => t.SweepId == sweepId)).Status.ShouldBe(TrialStatus.Running, "a full volume fails no trial");
-                recordedWhileFull = await db.Segments.CountAsync(s => s.Status == SegmentStatus.Completed);
+                (await files.Sha256Async(segment.CheckpointPath!, CancellationToken.None)).ShouldBe(segment.Sha256, $"segment {segment.Index}'s checkpoint is whole");
             }
-            recordedWhileFull.ShouldBeLessThan(4, "the waiting segment is not recorded");
-
-            File.Delete(filler);
-            await Eventually.WaitAsync(async () =>
-            {
-                await using var db = _cluster.Database();
-                return (await db.Sweeps.AsNoTracking().SingleAsync(s => s.Id == sweepId)).Status == SweepStatus.Completed;
-            }, s_deadline, "the sweep to complete once space returned");
-
-            await using (var db = _cluster.Database())
-            {
-                TrialRecord trial = await db.Trials.AsNoTracking().SingleAsync(t => t.SweepId == sweepId);
-                trial.Status.ShouldBe(TrialStatus.Completed, _cluster.DescribeProcesses());
-                List<SegmentRecord> segments = await db.Segments.AsNoTracking().Where(s => s.TrialId == trial.Id).ToListAsync();
-                segments.Select(s => s.Index).Order().ToArray().ShouldBe([0, 1, 2, 3], "one segment per epoch, none twice");
-                (await db.EpochMetrics.CountAsync(m => m.TrialId == trial.Id)).ShouldBe(8, "train and validation rows per epoch, none twice");
-                foreach (SegmentRecord segment in segments.Where(s => s.CheckpointPath is not null && File.Exists(Path.Combine(root, s.CheckpointPath))))
-                {
-                    Sha256Hex(Path.Combine(root, segment.CheckpointPath!)).ShouldBe(segment.Sha256, $"segment {segment.Index}'s checkpoint is whole");
-                }
-                string kept = trial.Checkpoint.ShouldNotBeNull();
-                File.Exists(Path.IsPathRooted(kept) ? kept : Path.Combine(root, kept)).ShouldBeTrue("the trial's kept checkpoint is on the volume");
-            }
-            Directory.EnumerateFiles(root, "*", SearchOption.AllDirectories)
-                .Where(f => Path.GetFileName(f).StartsWith('.') && !Path.GetFileName(f).StartsWith(".write-probe", StringComparison.Ordinal))
-                .ShouldBeEmpty("no temporary file of a failed write is left behind");
-            worker.Lines.ShouldContain(l => l.Contains("takes writes again", StringComparison.Ordinal), worker.Describe());
-            await Eventually.WaitAsync(async () =>
-            {
-                await using var db = _cluster.Database();
-                return (await db.Workers.AsNoTracking().SingleAsync()).Waiting is null;
-            }, s_deadline, "the worker's heartbeats to stop reporting the wait");
+            string kept = trial.Checkpoint.ShouldNotBeNull();
+            File.Exists(Path.IsPathRooted(kept) ? kept : Path.Combine(root, kept)).ShouldBeTrue("the trial's kept checkpoint is on the volume");
         }
-        finally
+        Directory.EnumerateFiles(root, "*", SearchOption.AllDirectories)
+            .Where(f => Path.GetFileName(f).StartsWith('.') && !Path.GetFileName(f).StartsWith(".write-probe", StringComparison.Ordinal))
+            .ShouldBeEmpty("no temporary file of a failed write is left behind");
+        worker.Lines.ShouldContain(l => l.Contains("takes writes again", StringComparison.Ordinal), worker.Describe());
+        await Eventually.WaitAsync(async () =>
         {
-            File.Delete(filler);
-            // Lazy: the processes may still hold files there until the cluster's disposal stops them.
-            ExternalCommand.Run("umount", "-l", root);
-        }
-    }
-
-    /// <summary>Writes until the volume has no block left, so that the worker's probe fails too.</summary>
-    private static async Task FillAsync(string filler)
-    {
-        await using var stream = new FileStream(filler, FileMode.Create, FileAccess.Write, FileShare.None, bufferSize: 0);
-        byte[] block = new byte[1 << 20];
-        try
-        {
-            while (true)
-            {
-                await stream.WriteAsync(block);
-            }
-        }
-        catch (IOException)
-        {
-            // Full (ENOSPC). The volume keeps the filler until the test deletes it.
-        }
-    }
-
-    private static string Sha256Hex(string path)
-    {
-        using FileStream stream = File.OpenRead(path);
-        return Convert.ToHexStringLower(SHA256.HashData(stream));
+            await using var db = _cluster.Database();
+            return (await db.Workers.AsNoTracking().SingleAsync()).Waiting is null;
+        }, s_deadline, "the worker's heartbeats to stop reporting the wait");
     }
 }

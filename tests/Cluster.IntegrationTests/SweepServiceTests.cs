@@ -3,6 +3,7 @@ using System.Text.Json;
 using Cluster.Contracts;
 using Cluster.IntegrationTests.Support;
 using Cluster.Storage.Database.Entities;
+using Cluster.Storage.Files;
 using Cluster.TestSupport.Training;
 using Microsoft.EntityFrameworkCore;
 using Shouldly;
@@ -295,11 +296,12 @@ public sealed class SweepServiceTests : IAsyncLifetime
         trained.PrefixKey.ShouldNotBeNull().ShouldStartWith("resnet18.layer3.");
         string key = await db.FeatureSets.AsNoTracking().Where(f => f.Layer == "avgpool").Select(f => f.Key).SingleAsync();
         FeatureShardRecord shard = await db.FeatureShards.AsNoTracking().Where(s => s.FeatureSetKey == key).OrderBy(s => s.Index).FirstAsync();
-        string file = Path.IsPathRooted(shard.Path) ? shard.Path : Path.Combine(_cluster.StorageRoot, shard.Path);
+        var files = new FileStore(_cluster.StorageRoot);
+        string file = files.Resolve(shard.Path);
         byte[] bytes = await File.ReadAllBytesAsync(file);
         Array.Fill(bytes, (byte)0x5A, bytes.Length / 2, Math.Min(4096, bytes.Length / 4));
         await File.WriteAllBytesAsync(file, bytes);
-        Sha256Hex(file).ShouldNotBe(shard.Sha256, "the shard is damaged");
+        (await files.Sha256Async(shard.Path, CancellationToken.None)).ShouldNotBe(shard.Sha256, "the shard is damaged");
 
         ClusterProcess second = _cluster.Worker("--device", "cpu", "--id", "second-" + _cluster.Name);
         Guid after = await SubmitAsync(spec);
@@ -308,17 +310,10 @@ public sealed class SweepServiceTests : IAsyncLifetime
         TrialRecord retrained = await db.Trials.AsNoTracking().SingleAsync(t => t.SweepId == after);
         retrained.Status.ShouldBe(TrialStatus.Completed, _cluster.DescribeProcesses());
         FeatureShardRecord repaired = await db.FeatureShards.AsNoTracking().SingleAsync(s => s.FeatureSetKey == key && s.Index == shard.Index);
-        string repairedFile = Path.IsPathRooted(repaired.Path) ? repaired.Path : Path.Combine(_cluster.StorageRoot, repaired.Path);
-        Sha256Hex(repairedFile).ShouldBe(repaired.Sha256, $"the shard's file matches its row again; was {shard.Path} {shard.Sha256}, now {repaired.Path}\n{_cluster.DescribeProcesses()}");
+        (await files.Sha256Async(repaired.Path, CancellationToken.None)).ShouldBe(repaired.Sha256, $"the shard's file matches its row again; was {shard.Path} {shard.Sha256}, now {repaired.Path}\n{_cluster.DescribeProcesses()}");
         second.Lines.ShouldContain(l => l.Contains("extracting shard", StringComparison.Ordinal) && l.Contains(key, StringComparison.Ordinal), second.Describe());
         retrained.ValidationAccuracy.ShouldBe(trained.ValidationAccuracy);
         retrained.ValidationLoss.ShouldNotBeNull().ShouldBe(trained.ValidationLoss.ShouldNotBeNull(), 1e-6, "the same trial on features extracted again");
-    }
-
-    private static string Sha256Hex(string path)
-    {
-        using FileStream stream = File.OpenRead(path);
-        return Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(stream));
     }
 
     [Fact]

@@ -141,83 +141,61 @@ public sealed class WorkerJobRunnerTests
     [FactWhenMountable]
     public async Task A_job_that_meets_a_full_volume_waits_for_space_and_runs_again_instead_of_failing()
     {
-        string mount = Directory.CreateTempSubdirectory("full-volume-").FullName;
-        ExternalCommand.Run("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mount).ExitCode.ShouldBe(0);
-        try
+        using TmpfsVolume volume = TmpfsVolume.Mount("1m");
+        _volume = new FileStore(Path.Combine(volume.Path, "storage"));
+        string filler = "";
+        async Task<TaskCompletionSource> FillAsync()
         {
-            _volume = new FileStore(Path.Combine(mount, "storage"));
-            string filler = Path.Combine(mount, "filler");
-            async Task<TaskCompletionSource> FillAsync()
-            {
-                // To the last block, so that the worker's probe fails too until the filler goes.
-                await using (var stream = new FileStream(filler, FileMode.Create, FileAccess.Write, FileShare.None, bufferSize: 0))
-                {
-                    try
-                    {
-                        for (var block = new byte[16 * 1024]; ; )
-                        {
-                            await stream.WriteAsync(block);
-                        }
-                    }
-                    catch (IOException e) when (StorageFaults.VolumeFault(e) is not null)
-                    {
-                        // Full.
-                    }
-                }
-                return new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-            }
-            TaskCompletionSource metFull = await FillAsync();
-            Result Write(CancellationToken ct)
-            {
-                try
-                {
-                    _volume.WriteAsync("checkpoints/t/segment-0.safetensors", (stream, token) => stream.WriteAsync(new byte[300 * 1024], token).AsTask(), ct)
-                        .GetAwaiter().GetResult();
-                    return new Result("written");
-                }
-                catch (IOException)
-                {
-                    metFull.TrySetResult();
-                    throw;
-                }
-            }
-
-            Task run = Runner.RunAsync("job/1", Job(compute: Write), default);
-            await metFull.Task.WaitAsync(TimeSpan.FromMinutes(1));
-            run.IsCompleted.ShouldBeFalse("it waits for space rather than failing");
-            // Set before the wait's first delay, so before RunAsync returned its task.
-            _tracker.Waiting.ShouldNotBeNull().ShouldStartWith("the shared volume: ");
-            _tracker.CurrentJob.ShouldBe("job/1");
-            File.Delete(filler);
-            await run.WaitAsync(TimeSpan.FromMinutes(1));
-            _tracker.Waiting.ShouldBeNull("it no longer waits");
-            _calls.ShouldBe(["compute while tracking job/1", "compute while tracking job/1", "record written", "completed written recorded-before=False"]);
-            File.Exists(_volume.Resolve("checkpoints/t/segment-0.safetensors")).ShouldBeTrue();
-
-            // Recorded by another delivery while this one waited: its result stands, nothing is computed again.
-            _calls.Clear();
-            metFull = await FillAsync();
-            Task raced = Runner.RunAsync("job/2", Job(findRecorded: n => n == 0 ? null : new Result("elsewhere"), compute: Write), default);
-            await metFull.Task.WaitAsync(TimeSpan.FromMinutes(1));
-            File.Delete(filler);
-            await raced.WaitAsync(TimeSpan.FromMinutes(1));
-            _calls.ShouldBe(["compute while tracking job/2", "completed elsewhere recorded-before=True"]);
-
-            // A shutdown while waiting: cancelled, not failed, so the broker delivers it again.
-            _calls.Clear();
-            metFull = await FillAsync();
-            using var shutdown = new CancellationTokenSource();
-            Task stopped = Runner.RunAsync("job/3", Job(compute: Write), shutdown.Token);
-            await metFull.Task.WaitAsync(TimeSpan.FromMinutes(1));
-            await shutdown.CancelAsync();
-            await Should.ThrowAsync<OperationCanceledException>(() => stopped.WaitAsync(TimeSpan.FromMinutes(1)));
-            _calls.ShouldBe(["compute while tracking job/3"]);
+            // To the last block, so that the worker's probe fails too until the filler goes.
+            filler = await volume.FillAsync();
+            return new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         }
-        finally
+        TaskCompletionSource metFull = await FillAsync();
+        Result Write(CancellationToken ct)
         {
-            ExternalCommand.Run("umount", mount);
-            Directory.Delete(mount, recursive: true);
+            try
+            {
+                _volume.WriteAsync("checkpoints/t/segment-0.safetensors", (stream, token) => stream.WriteAsync(new byte[300 * 1024], token).AsTask(), ct)
+                    .GetAwaiter().GetResult();
+                return new Result("written");
+            }
+            catch (IOException)
+            {
+                metFull.TrySetResult();
+                throw;
+            }
         }
+
+        Task run = Runner.RunAsync("job/1", Job(compute: Write), default);
+        await metFull.Task.WaitAsync(TimeSpan.FromMinutes(1));
+        run.IsCompleted.ShouldBeFalse("it waits for space rather than failing");
+        // Set before the wait's first delay, so before RunAsync returned its task.
+        _tracker.Waiting.ShouldNotBeNull().ShouldStartWith("the shared volume: ");
+        _tracker.CurrentJob.ShouldBe("job/1");
+        File.Delete(filler);
+        await run.WaitAsync(TimeSpan.FromMinutes(1));
+        _tracker.Waiting.ShouldBeNull("it no longer waits");
+        _calls.ShouldBe(["compute while tracking job/1", "compute while tracking job/1", "record written", "completed written recorded-before=False"]);
+        File.Exists(_volume.Resolve("checkpoints/t/segment-0.safetensors")).ShouldBeTrue();
+
+        // Recorded by another delivery while this one waited: its result stands, nothing is computed again.
+        _calls.Clear();
+        metFull = await FillAsync();
+        Task raced = Runner.RunAsync("job/2", Job(findRecorded: n => n == 0 ? null : new Result("elsewhere"), compute: Write), default);
+        await metFull.Task.WaitAsync(TimeSpan.FromMinutes(1));
+        File.Delete(filler);
+        await raced.WaitAsync(TimeSpan.FromMinutes(1));
+        _calls.ShouldBe(["compute while tracking job/2", "completed elsewhere recorded-before=True"]);
+
+        // A shutdown while waiting: cancelled, not failed, so the broker delivers it again.
+        _calls.Clear();
+        metFull = await FillAsync();
+        using var shutdown = new CancellationTokenSource();
+        Task stopped = Runner.RunAsync("job/3", Job(compute: Write), shutdown.Token);
+        await metFull.Task.WaitAsync(TimeSpan.FromMinutes(1));
+        await shutdown.CancelAsync();
+        await Should.ThrowAsync<OperationCanceledException>(() => stopped.WaitAsync(TimeSpan.FromMinutes(1)));
+        _calls.ShouldBe(["compute while tracking job/3"]);
     }
 
     [Fact]

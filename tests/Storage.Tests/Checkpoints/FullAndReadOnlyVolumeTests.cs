@@ -15,26 +15,19 @@ public sealed class FullAndReadOnlyVolumeTests : IDisposable
 {
     private const string Sweep = "sweep-1";
     private const string Trial = "trial-7";
-    private readonly string _mount = Directory.CreateTempSubdirectory("full-volume-").FullName;
-    private bool _mounted;
+    private TmpfsVolume? _volume;
 
-    public void Dispose()
-    {
-        if (_mounted)
-        {
-            ExternalCommand.Run("umount", _mount);
-        }
-        Directory.Delete(_mount, recursive: true);
-    }
+    private string MountPath => _volume!.Path;
+
+    public void Dispose() => _volume?.Dispose();
 
     private FileStore Mount()
     {
-        ExternalCommand.Run("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", _mount).ExitCode.ShouldBe(0);
-        _mounted = true;
-        return new FileStore(Path.Combine(_mount, "storage"));
+        _volume = TmpfsVolume.Mount("1m");
+        return new FileStore(Path.Combine(_volume.Path, "storage"));
     }
 
-    private void Remount(string mode) => ExternalCommand.Run("mount", "-o", $"remount,{mode}", _mount).ExitCode.ShouldBe(0);
+    private void Remount(string mode) => _volume!.Remount(mode);
 
     /// <summary>A checkpoint of about 600 KiB: more than a volume with 700 KiB taken can hold.</summary>
     private static Task<CheckpointInfo> WriteCheckpoint(CheckpointStore store) =>
@@ -43,14 +36,14 @@ public sealed class FullAndReadOnlyVolumeTests : IDisposable
             [new CheckpointTensor("model/fc.weight", SafetensorsDtype.F32, [150, 1024], new byte[150 * 1024 * 4])],
             default);
 
-    private string[] Files() => [.. Directory.GetFiles(_mount, "*", SearchOption.AllDirectories).Select(f => Path.GetRelativePath(_mount, f)).Order()];
+    private string[] Files() => [.. Directory.GetFiles(MountPath, "*", SearchOption.AllDirectories).Select(f => Path.GetRelativePath(MountPath, f)).Order()];
 
     [FactWhenMountable]
     public async Task A_checkpoint_written_to_a_full_volume_fails_leaves_nothing_and_is_written_once_space_returns()
     {
         FileStore files = Mount();
         var store = new CheckpointStore(files);
-        await File.WriteAllBytesAsync(Path.Combine(_mount, "filler"), new byte[700 * 1024]);
+        await File.WriteAllBytesAsync(Path.Combine(MountPath, "filler"), new byte[700 * 1024]);
 
         IOException full = await Should.ThrowAsync<IOException>(() => WriteCheckpoint(store));
 
@@ -58,7 +51,7 @@ public sealed class FullAndReadOnlyVolumeTests : IDisposable
         Files().ShouldBe(["filler"], "no torn tensors file, no temporary file, no JSON");
         store.Segments(Sweep, Trial).ShouldBeEmpty();
 
-        File.Delete(Path.Combine(_mount, "filler"));
+        File.Delete(Path.Combine(MountPath, "filler"));
         CheckpointInfo written = await WriteCheckpoint(store);
         (LoadedCheckpoint? loaded, string? reason) = await store.TryLoadAsync(Sweep, Trial, 0, default);
         reason.ShouldBeNull();
