@@ -103,15 +103,19 @@ public sealed class ResidentFeatureSets : IDisposable
             {
                 features = await loading;
             }
-            finally
+            catch
             {
                 lock (_gate)
                 {
                     _loading.Remove(key);
                 }
+                throw;
             }
+            // The set becomes resident in the same step as it stops loading: a waiter woken in between would find
+            // neither and read the set a second time.
             lock (_gate)
             {
+                _loading.Remove(key);
                 Loads++;
                 var entry = new Entry(features, SizeOf(features)) { Leases = 1, LastUsed = ++_clock };
                 _entries[key] = entry;

@@ -144,4 +144,31 @@ public sealed class ResidentFeatureSetsTests
             lease.Dispose();
         }
     }
+    [Fact]
+    public async Task A_job_woken_as_the_read_finishes_takes_the_resident_set_rather_than_reading_again()
+    {
+        // The window: the read's own continuation and its waiters' run in any order once it completes; a waiter that
+        // ran after the set stopped loading but before it became resident used to read it a second time (seen in CI).
+        for (int round = 0; round < 5000; round++)
+        {
+            var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            int reads = 0;
+            using var resident = new ResidentFeatureSets(1 << 20, async (key, ct) =>
+            {
+                Interlocked.Increment(ref reads);
+                await release.Task;
+                return Set(key, 2);
+            });
+
+            Task<ResidentFeatureSets.FeatureLease>[] jobs = [.. Enumerable.Range(0, 4).Select(_ => Task.Run(() => resident.AcquireAsync("a", CancellationToken.None)))];
+            release.SetResult();
+            ResidentFeatureSets.FeatureLease[] leases = await Task.WhenAll(jobs);
+
+            reads.ShouldBe(1, $"round {round}");
+            foreach (ResidentFeatureSets.FeatureLease lease in leases)
+            {
+                lease.Dispose();
+            }
+        }
+    }
 }
