@@ -20,6 +20,8 @@
 #   CLUSTER_TEST_RABBITMQ_PORT             AMQP port
 #   CLUSTER_TEST_RABBITMQ_TLS_PORT         AMQPS port (TLS listener, certificate for 127.0.0.1 and localhost)
 #   CLUSTER_TEST_RABBITMQ_TLS_CA           PEM of the throwaway CA that signed the broker's certificate
+#   CLUSTER_TEST_RABBITMQ_TLS_CLIENT_CERT  PKCS#12 client certificate the same CA signed (the listener requires one)
+#   CLUSTER_TEST_RABBITMQ_TLS_CLIENT_PASSWORD  its password (throwaway, like the CA)
 #   CLUSTER_TEST_RABBITMQ_USER             guest (administrator; works from loopback only)
 #   CLUSTER_TEST_RABBITMQ_PASSWORD         guest
 #   CLUSTER_TEST_RABBITMQ_MANAGEMENT_PORT  HTTP management API port (create/delete vhosts per test)
@@ -57,7 +59,8 @@ cluster_test_servers_stop() {
     bash "$_CTS_SCRIPT" stop "${1:-${CLUSTER_TEST_SERVERS_DIR:-}}" || return $?
     unset CLUSTER_TEST_RABBITMQ_HOST CLUSTER_TEST_RABBITMQ_PORT CLUSTER_TEST_RABBITMQ_USER \
         CLUSTER_TEST_RABBITMQ_PASSWORD CLUSTER_TEST_RABBITMQ_MANAGEMENT_PORT CLUSTER_TEST_RABBITMQCTL \
-        CLUSTER_TEST_RABBITMQ_TLS_PORT CLUSTER_TEST_RABBITMQ_TLS_CA CLUSTER_TEST_POSTGRES CLUSTER_TEST_SERVERS_DIR
+        CLUSTER_TEST_RABBITMQ_TLS_PORT CLUSTER_TEST_RABBITMQ_TLS_CA CLUSTER_TEST_RABBITMQ_TLS_CLIENT_CERT \
+        CLUSTER_TEST_RABBITMQ_TLS_CLIENT_PASSWORD CLUSTER_TEST_POSTGRES CLUSTER_TEST_SERVERS_DIR
 }
 
 if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then
@@ -305,12 +308,13 @@ cmd_start() {
     cat >"$rdir/rabbitmq.conf" <<EOF
 listeners.tcp.default = 127.0.0.1:$amqp_port
 # AMQPS beside AMQP, for the tests of RabbitMq:UseTls (a throwaway CA; the certificate names 127.0.0.1 and localhost).
+# Mutual TLS: a client must present a certificate the same CA signed (RabbitMq:TlsClientCertificate).
 listeners.ssl.default = 127.0.0.1:$tls_port
 ssl_options.cacertfile = $rdir/tls/ca.pem
 ssl_options.certfile = $rdir/tls/server.pem
 ssl_options.keyfile = $rdir/tls/server.key
-ssl_options.verify = verify_none
-ssl_options.fail_if_no_peer_cert = false
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = true
 management.tcp.ip = 127.0.0.1
 management.tcp.port = $mgmt_port
 loopback_users.guest = true
@@ -412,6 +416,8 @@ EOF
         echo "export CLUSTER_TEST_RABBITMQ_PORT=$amqp_port"
         echo "export CLUSTER_TEST_RABBITMQ_TLS_PORT=$tls_port"
         echo "export CLUSTER_TEST_RABBITMQ_TLS_CA=$(printf %q "$rdir/tls/ca.pem")"
+        echo "export CLUSTER_TEST_RABBITMQ_TLS_CLIENT_CERT=$(printf %q "$rdir/tls/client.p12")"
+        echo "export CLUSTER_TEST_RABBITMQ_TLS_CLIENT_PASSWORD=$(printf %q "$TLS_CLIENT_PASSWORD")"
         echo "export CLUSTER_TEST_RABBITMQ_USER=guest"
         echo "export CLUSTER_TEST_RABBITMQ_PASSWORD=guest"
         echo "export CLUSTER_TEST_RABBITMQ_MANAGEMENT_PORT=$mgmt_port"
@@ -429,7 +435,11 @@ EOF
     cat "$env_file"
 }
 
-# make_tls_files DIR: a throwaway CA and a broker certificate it signed, valid for 127.0.0.1 and localhost for a week.
+# The client certificate's PKCS#12 password: as throwaway as the CA (the files live and die with the test servers).
+TLS_CLIENT_PASSWORD=cluster-test-client
+
+# make_tls_files DIR: a throwaway CA, a broker certificate it signed (valid for 127.0.0.1 and localhost) and a client
+# certificate it signed (PKCS#12, what RabbitMq:TlsClientCertificate reads), each valid for a week.
 make_tls_files() {
     local tls=$1
     mkdir -p "$tls"
@@ -440,7 +450,14 @@ make_tls_files() {
     printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$tls/server.ext"
     openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial -days 7 -sha256 \
         -extfile "$tls/server.ext" -out "$tls/server.pem" >>"$tls/openssl.log" 2>&1 || { cat "$tls/openssl.log" >&2; die "openssl: certificate"; }
-    chmod 644 "$tls/ca.pem"
+    openssl req -newkey rsa:2048 -nodes -sha256 -subj "/CN=cluster-test-client" \
+        -keyout "$tls/client.key" -out "$tls/client.csr" >>"$tls/openssl.log" 2>&1 || { cat "$tls/openssl.log" >&2; die "openssl: client request"; }
+    printf 'extendedKeyUsage=clientAuth\n' >"$tls/client.ext"
+    openssl x509 -req -in "$tls/client.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial -days 7 -sha256 \
+        -extfile "$tls/client.ext" -out "$tls/client.pem" >>"$tls/openssl.log" 2>&1 || { cat "$tls/openssl.log" >&2; die "openssl: client certificate"; }
+    openssl pkcs12 -export -in "$tls/client.pem" -inkey "$tls/client.key" -passout "pass:$TLS_CLIENT_PASSWORD" \
+        -out "$tls/client.p12" >>"$tls/openssl.log" 2>&1 || { cat "$tls/openssl.log" >&2; die "openssl: client PKCS#12"; }
+    chmod 644 "$tls/ca.pem" "$tls/client.p12"
 }
 
 # wait_for WHAT DEADLINE_S SIDFILE CHECK ARGS...: polls CHECK every 0.2 s; fails early if the session died.

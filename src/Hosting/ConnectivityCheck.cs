@@ -127,9 +127,7 @@ public static class ConnectivityCheck
                 case OperationInterruptedException oi when oi.ShutdownReason?.ReplyCode == 530:
                     return $"access to virtual host '{options.VirtualHost}' refused (it does not exist or user '{options.Username}' has no permission)";
                 case System.Security.Authentication.AuthenticationException:
-                    return options.UseTls
-                        ? $"the TLS handshake failed: the broker's certificate is not valid for '{(string.IsNullOrWhiteSpace(options.TlsServerName) ? options.Host : options.TlsServerName)}' or not signed by a trusted CA (RabbitMq:TlsServerName, RabbitMq:TlsCaFile), or port {options.Port} is not its TLS listener"
-                        : x.Message;
+                    return options.UseTls ? DescribeTlsFailure(options) : x.Message;
                 case SocketException { SocketErrorCode: SocketError.ConnectionReset } se when !options.UseTls:
                     // What a TLS listener does to a plain AMQP greeting.
                     return $"{DescribeSocket(se)} (if port {options.Port} is the broker's TLS listener, set RabbitMq:UseTls=true)";
@@ -140,6 +138,16 @@ public static class ConnectivityCheck
             }
         }
         return e.GetBaseException().Message;
+    }
+
+    private static string DescribeTlsFailure(RabbitMqOptions options)
+    {
+        string name = (string.IsNullOrWhiteSpace(options.TlsServerName) ? options.Host : options.TlsServerName) ?? "";
+        string line = $"the TLS handshake failed: the broker's certificate is not valid for '{name}' or not signed by a trusted CA (RabbitMq:TlsServerName, RabbitMq:TlsCaFile), or port {options.Port} is not its TLS listener";
+        // A broker that requires mutual TLS ends the handshake with an alert the client sees as the same failure.
+        return string.IsNullOrWhiteSpace(options.TlsClientCertificate)
+            ? line + ", or the broker requires a client certificate (RabbitMq:TlsClientCertificate)"
+            : line + ", or it refused the client certificate (RabbitMq:TlsClientCertificate)";
     }
 
     private static string DescribeDatabaseFailure(Exception e)

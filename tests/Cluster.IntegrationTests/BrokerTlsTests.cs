@@ -7,8 +7,9 @@ namespace Cluster.IntegrationTests;
 
 /// <summary>
 /// RabbitMq:UseTls against the test broker's real AMQPS listener (a throwaway CA's certificate for 127.0.0.1 and
-/// localhost): a worker and the CLI complete a job over TLS; an untrusted CA, a wrong server name, or TLS and plain
-/// AMQP swapped are each one line naming the setting to fix, exit code 2.
+/// localhost, and mutual TLS: the listener requires a client certificate the same CA signed): a worker and the CLI
+/// complete a job over TLS with the client certificate; no client certificate, an untrusted CA, a wrong server name,
+/// or TLS and plain AMQP swapped are each one line naming the setting to fix, exit code 2.
 /// </summary>
 public sealed class BrokerTlsTests : IAsyncLifetime
 {
@@ -23,10 +24,20 @@ public sealed class BrokerTlsTests : IAsyncLifetime
 
     public async Task DisposeAsync() => await _cluster.DisposeAsync();
 
-    private void UseTls(string? caFile, string? serverName = null)
+    private void UseTls(string? caFile, string? serverName = null, bool clientCertificate = true)
     {
         _cluster.Environment["RabbitMq__Port"] = TestServers.RabbitTlsPort.ToString(CultureInfo.InvariantCulture);
         _cluster.Environment["RabbitMq__UseTls"] = "true";
+        if (clientCertificate)
+        {
+            _cluster.Environment["RabbitMq__TlsClientCertificate"] = TestServers.RabbitTlsClientCertificate;
+            _cluster.Environment["RabbitMq__TlsClientCertificatePassword"] = TestServers.RabbitTlsClientPassword;
+        }
+        else
+        {
+            _cluster.Environment.Remove("RabbitMq__TlsClientCertificate");
+            _cluster.Environment.Remove("RabbitMq__TlsClientCertificatePassword");
+        }
         if (caFile is not null)
         {
             _cluster.Environment["RabbitMq__TlsCaFile"] = caFile;
@@ -46,7 +57,7 @@ public sealed class BrokerTlsTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task A_worker_and_the_cli_complete_a_job_over_tls_with_the_brokers_private_ca()
+    public async Task A_worker_and_the_cli_complete_a_job_over_mutual_tls_with_the_brokers_private_ca()
     {
         UseTls(TestServers.RabbitTlsCa);
         string workerId = "tls-worker-" + _cluster.Name;
@@ -72,6 +83,10 @@ public sealed class BrokerTlsTests : IAsyncLifetime
         UseTls(TestServers.RabbitTlsCa, serverName: "broker.example.org");
         (code, ClusterProcess misnamed) = await _cluster.RunCoordinatorAsync(s_deadline, "selftest", "--cluster");
         OneErrorLine(misnamed, code).ShouldContain("not valid for 'broker.example.org'");
+
+        UseTls(TestServers.RabbitTlsCa, clientCertificate: false);
+        (code, ClusterProcess anonymous) = await _cluster.RunCoordinatorAsync(s_deadline, "selftest", "--cluster");
+        OneErrorLine(anonymous, code).ShouldContain("RabbitMq:TlsClientCertificate");
     }
 
     [Fact]

@@ -15,6 +15,11 @@ public static class TestServers
     /// <summary>PEM of the throwaway CA test-servers.sh made for the broker (trusted nowhere else).</summary>
     public static string RabbitTlsCa => Require("CLUSTER_TEST_RABBITMQ_TLS_CA");
 
+    /// <summary>PKCS#12 client certificate signed by <see cref="RabbitTlsCa"/>: the AMQPS listener refuses clients without one.</summary>
+    public static string RabbitTlsClientCertificate => Require("CLUSTER_TEST_RABBITMQ_TLS_CLIENT_CERT");
+
+    public static string RabbitTlsClientPassword => Require("CLUSTER_TEST_RABBITMQ_TLS_CLIENT_PASSWORD");
+
     public static string RabbitUser => Require("CLUSTER_TEST_RABBITMQ_USER");
 
     public static string RabbitPassword => Require("CLUSTER_TEST_RABBITMQ_PASSWORD");
