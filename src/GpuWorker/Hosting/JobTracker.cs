@@ -47,9 +47,12 @@ public sealed class JobTracker
     }
 
     /// <summary>Marks the worker waiting for <paramref name="what"/> until the returned scope is disposed.</summary>
-    public IDisposable BeginWaiting(string what)
+    public IDisposable BeginWaiting(string what) => BeginWaiting(what, DateTime.UtcNow);
+
+    /// <summary>As <see cref="BeginWaiting(string)"/>, for a wait that began at <paramref name="sinceUtc"/> for another reason.</summary>
+    public IDisposable BeginWaiting(string what, DateTime sinceUtc)
     {
-        string waiting = $"{what} (since {DateTime.UtcNow:HH:mm:ss} UTC)";
+        string waiting = $"{what} (since {sinceUtc:HH:mm:ss} UTC)";
         lock (_gate)
         {
             _waiting = waiting;

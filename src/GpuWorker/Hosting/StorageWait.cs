@@ -30,16 +30,32 @@ public sealed class StorageWait(FileStore store, TimeSpan interval, JobTracker j
             jobId, store.Root, fault.Message, backoff.TotalSeconds, interval.TotalSeconds, attempt);
         DateTime since = DateTime.UtcNow;
         DateTime lastReport = since;
-        using IDisposable waiting = jobs.BeginWaiting($"the shared volume: {fault.Message}");
-        await Task.Delay(backoff, ct);
-        while (!StorageFaults.CanWrite(store))
+        string reason = StorageFaults.Describe(fault);
+        IDisposable waiting = jobs.BeginWaiting($"the shared volume: {reason}", since);
+        try
         {
-            await Task.Delay(interval, ct);
-            if (DateTime.UtcNow - lastReport >= TimeSpan.FromMinutes(1))
+            await Task.Delay(backoff, ct);
+            while (StorageFaults.ProbeWrite(store) is string now)
             {
-                lastReport = DateTime.UtcNow;
-                logger.LogWarning("Job {JobId} still waits for the shared volume at {Root} ({Minutes:F0} min so far)", jobId, store.Root, (lastReport - since).TotalMinutes);
+                if (now != reason)
+                {
+                    // Say so when the fault changes (a full volume remounted read-only): the operator fixes what is there now.
+                    reason = now;
+                    logger.LogWarning("Job {JobId} now waits for the shared volume at {Root}: {Fault}", jobId, store.Root, reason);
+                    waiting.Dispose();
+                    waiting = jobs.BeginWaiting($"the shared volume: {reason}", since);
+                }
+                await Task.Delay(interval, ct);
+                if (DateTime.UtcNow - lastReport >= TimeSpan.FromMinutes(1))
+                {
+                    lastReport = DateTime.UtcNow;
+                    logger.LogWarning("Job {JobId} still waits for the shared volume at {Root} ({Minutes:F0} min so far)", jobId, store.Root, (lastReport - since).TotalMinutes);
+                }
             }
+        }
+        finally
+        {
+            waiting.Dispose();
         }
         logger.LogInformation("The shared volume at {Root} takes writes again after {Seconds:F0} s: job {JobId} runs again", store.Root, (DateTime.UtcNow - since).TotalSeconds, jobId);
     }

@@ -31,10 +31,33 @@ public static class StorageFaults
     }
 
     /// <summary>
+    /// The fault by its kind ("No space left on device"), without the file it met: two writes that met the same fault
+    /// are described alike, whatever their paths.
+    /// </summary>
+    public static string Describe(IOException fault)
+    {
+        ArgumentNullException.ThrowIfNull(fault);
+        return fault.HResult switch
+        {
+            NoSpace => "No space left on device",
+            ReadOnlyFileSystem => "Read-only file system",
+            QuotaExceeded => "Disk quota exceeded",
+            _ => fault.Message,
+        };
+    }
+
+    /// <summary>
     /// Whether a file of <paramref name="bytes"/> can be written to <paramref name="store"/>'s root, flushed to disk and
     /// deleted now: what a job that met a volume fault polls before it tries again.
     /// </summary>
-    public static bool CanWrite(FileStore store, int bytes = 64 * 1024)
+    public static bool CanWrite(FileStore store, int bytes = 64 * 1024) => ProbeWrite(store, bytes) is null;
+
+    /// <summary>
+    /// Writes, flushes and deletes a file of <paramref name="bytes"/> in <paramref name="store"/>'s root: null when that
+    /// worked, else what stopped it (the volume fault's message, or the permission refused), so that a waiting job can
+    /// say when the reason changes (a full volume remounted read-only, say).
+    /// </summary>
+    public static string? ProbeWrite(FileStore store, int bytes = 64 * 1024)
     {
         ArgumentNullException.ThrowIfNull(store);
         string probe = Path.Combine(store.Root, $".write-probe-{Environment.ProcessId}-{Guid.NewGuid():N}.tmp");
@@ -45,11 +68,15 @@ public static class StorageFaults
                 stream.Write(new byte[bytes]);
                 stream.Flush(flushToDisk: true);
             }
-            return true;
+            return null;
         }
-        catch (Exception e) when (VolumeFault(e) is not null || e is UnauthorizedAccessException)
+        catch (Exception e) when (VolumeFault(e) is IOException fault)
         {
-            return false;
+            return Describe(fault);
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return $"permission to write in '{store.Root}' denied";
         }
         finally
         {
