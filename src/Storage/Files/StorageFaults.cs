@@ -47,15 +47,10 @@ public static class StorageFaults
     }
 
     /// <summary>
-    /// Whether a file of <paramref name="bytes"/> can be written to <paramref name="store"/>'s root, flushed to disk and
-    /// deleted now: what a job that met a volume fault polls before it tries again.
-    /// </summary>
-    public static bool CanWrite(FileStore store, int bytes = 64 * 1024) => ProbeWrite(store, bytes) is null;
-
-    /// <summary>
-    /// Writes, flushes and deletes a file of <paramref name="bytes"/> in <paramref name="store"/>'s root: null when that
-    /// worked, else what stopped it (the volume fault's message, or the permission refused), so that a waiting job can
-    /// say when the reason changes (a full volume remounted read-only, say).
+    /// Writes, flushes and deletes a file of <paramref name="bytes"/> in <paramref name="store"/>'s root (what a job that
+    /// met a volume fault polls before it tries again): null when that worked, else what stopped it (the volume fault by
+    /// its kind, or the permission refused), so that a waiting job can say when the reason changes (a full volume
+    /// remounted read-only, say).
     /// </summary>
     public static string? ProbeWrite(FileStore store, int bytes = 64 * 1024)
     {
