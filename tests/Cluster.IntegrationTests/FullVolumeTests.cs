@@ -12,7 +12,8 @@ namespace Cluster.IntegrationTests;
 /// Item 5 of the chaos issue on real processes: the shared volume (a tmpfs of its own mounted as the storage root) fills
 /// up while a worker trains. The segment that cannot write its checkpoint is neither failed nor recorded: the worker
 /// waits, says so, and once space returns writes it and the sweep completes with one segment per epoch, no torn
-/// temporary file, and no row naming a missing or different file.
+/// temporary file, and no row naming a missing or different file. While it waits, the volume is also remounted
+/// read-only: the wait goes on under the new fault, which the worker's log and `coordinator workers` both name.
 /// </summary>
 public sealed class FullVolumeTests : IAsyncLifetime
 {
@@ -26,6 +27,16 @@ public sealed class FullVolumeTests : IAsyncLifetime
     }
 
     public async Task DisposeAsync() => await _cluster.DisposeAsync();
+
+    /// <summary>What `coordinator workers --format json` says the one worker waits for; null unless it is alive and waiting.</summary>
+    private async Task<string?> WaitingReasonAsync()
+    {
+        (int code, ClusterProcess workers) = await _cluster.RunCoordinatorAsync(s_deadline, "workers", "--cluster", "--format", "json");
+        code.ShouldBe(0, workers.Describe());
+        using var json = System.Text.Json.JsonDocument.Parse(workers.StandardOutput);
+        System.Text.Json.JsonElement row = json.RootElement.EnumerateArray().Single();
+        return row.GetProperty("status").GetString() == "alive" ? row.GetProperty("waiting").GetString() : null;
+    }
 
     [FactWhenMountable]
     public async Task A_volume_that_fills_mid_sweep_holds_the_segment_until_space_returns_and_nothing_is_lost_or_torn()
@@ -70,15 +81,8 @@ public sealed class FullVolumeTests : IAsyncLifetime
             s_deadline, "the worker to wait for the full volume");
 
         // `coordinator workers` says why the worker's job is held (from its heartbeats), and that it is alive.
-        await Eventually.WaitAsync(async () =>
-        {
-            (int code, ClusterProcess workers) = await _cluster.RunCoordinatorAsync(s_deadline, "workers", "--cluster", "--format", "json");
-            code.ShouldBe(0, workers.Describe());
-            using var json = System.Text.Json.JsonDocument.Parse(workers.StandardOutput);
-            System.Text.Json.JsonElement row = json.RootElement.EnumerateArray().Single();
-            return row.GetProperty("status").GetString() == "alive"
-                && row.GetProperty("waiting").GetString() is string waiting && waiting.StartsWith("the shared volume: ", StringComparison.Ordinal);
-        }, s_deadline, "coordinator workers to show the worker waiting for the shared volume");
+        await Eventually.WaitAsync(async () => await WaitingReasonAsync() is string waiting && waiting.StartsWith("the shared volume: ", StringComparison.Ordinal),
+            s_deadline, "coordinator workers to show the worker waiting for the shared volume");
 
         int recordedWhileFull;
         await using (var db = _cluster.Database())
@@ -88,6 +92,21 @@ public sealed class FullVolumeTests : IAsyncLifetime
         }
         recordedWhileFull.ShouldBeLessThan(4, "the waiting segment is not recorded");
 
+        // Then the volume goes read-only under the waiting job (an operator's remount, or a kernel's after I/O errors):
+        // the worker says the fault changed, its heartbeats carry the new reason, and still nothing is failed.
+        volume.Remount("ro");
+        await Eventually.WaitAsync(() => Task.FromResult(worker.Lines.Any(l => l.Contains("now waits for the shared volume", StringComparison.Ordinal)
+                && l.Contains("Read-only file system", StringComparison.Ordinal))),
+            s_deadline, "the worker to say it now waits for a read-only volume");
+        await Eventually.WaitAsync(async () => await WaitingReasonAsync() is string waiting && waiting.Contains("Read-only file system", StringComparison.Ordinal),
+            s_deadline, "coordinator workers to show the read-only volume as the reason");
+        await using (var db = _cluster.Database())
+        {
+            (await db.Trials.AsNoTracking().SingleAsync(t => t.SweepId == sweepId)).Status.ShouldBe(TrialStatus.Running, "a read-only volume fails no trial");
+            (await db.Segments.CountAsync(s => s.Status == SegmentStatus.Completed)).ShouldBe(recordedWhileFull, "nothing is recorded while the volume is read-only");
+        }
+
+        volume.Remount("rw");
         File.Delete(filler);
         await Eventually.WaitAsync(async () =>
         {
