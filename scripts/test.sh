@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one command that runs every test: starts throwaway RabbitMQ and PostgreSQL servers on 127.0.0.1
-# (scripts/test-servers.sh), builds, runs `dotnet test Cluster.sln -c Release --no-build "$@"`, stops the servers on every
+# (scripts/test-servers.sh), builds, runs `dotnet test Cluster.sln -c Release -m:4 --no-build "$@"`, stops the servers on every
 # exit path, and exits with dotnet test's exit code.
 #
 #   scripts/test.sh                                   # everything
