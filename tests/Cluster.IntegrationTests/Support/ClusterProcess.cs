@@ -49,6 +49,7 @@ public sealed class ClusterProcess : IAsyncDisposable
         _process.StandardInput.Close();
         _process.BeginOutputReadLine();
         _process.BeginErrorReadLine();
+        ProcessCpuLog.Watch(this);
     }
 
     public string CommandLine { get; }
