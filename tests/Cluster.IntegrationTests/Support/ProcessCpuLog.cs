@@ -12,7 +12,8 @@ namespace Cluster.IntegrationTests.Support;
 internal static class ProcessCpuLog
 {
     private static readonly string? s_path = System.Environment.GetEnvironmentVariable("CLUSTER_IT_CPU_LOG");
-    private static readonly long s_ticksPerSecond = 100;
+    // /proc reports CPU time in clock ticks: USER_HZ, which Linux fixes at 100 for user space on x86-64 and arm64.
+    private const double TicksPerSecond = 100;
     private static readonly object s_gate = new();
 
     public static void Watch(ClusterProcess process)
@@ -39,7 +40,7 @@ internal static class ProcessCpuLog
                     {
                         break;
                     }
-                    cpu = Enumerable.Range(11, 4).Sum(i => long.Parse(fields[i], CultureInfo.InvariantCulture)) / (double)s_ticksPerSecond;
+                    cpu = Enumerable.Range(11, 4).Sum(i => long.Parse(fields[i], CultureInfo.InvariantCulture)) / TicksPerSecond;
                 }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException)
                 {
