@@ -10,13 +10,21 @@ public static class RepoPaths
 
     public static string Root { get; } = FindRoot();
 
-    public static string CoordinatorDll => Output("Coordinator", "coordinator.dll");
+    /// <summary>
+    /// Where scripts/test.sh published the programs ReadyToRun (CLUSTER_IT_BIN/coordinator, CLUSTER_IT_BIN/gpu-worker), so that
+    /// the tests' hundreds of short processes do not each JIT-compile their dependencies; unset, the built programs run.
+    /// </summary>
+    private static readonly string? s_published = System.Environment.GetEnvironmentVariable("CLUSTER_IT_BIN") is { Length: > 0 } dir ? dir : null;
 
-    public static string WorkerDll => Output("GpuWorker", "gpu-worker.dll");
+    public static string CoordinatorDll => Output("Coordinator", "coordinator", "coordinator.dll");
 
-    private static string Output(string project, string dll)
+    public static string WorkerDll => Output("GpuWorker", "gpu-worker", "gpu-worker.dll");
+
+    private static string Output(string project, string published, string dll)
     {
-        string path = Path.Combine(Root, "src", project, "bin", s_configuration, "net10.0", dll);
+        string path = s_published is null
+            ? Path.Combine(Root, "src", project, "bin", s_configuration, "net10.0", dll)
+            : Path.Combine(s_published, published, dll);
         return File.Exists(path) ? path : throw new FileNotFoundException($"{dll} is not built at {path}", path);
     }
 
