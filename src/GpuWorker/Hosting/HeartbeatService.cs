@@ -19,46 +19,83 @@ public sealed class HeartbeatService(
 {
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        await bus.Publish(new WorkerStarted
+        var started = new WorkerStarted
         {
             WorkerId = identity.WorkerId,
             Host = identity.Host,
             Device = identity.Device.Name,
             Version = identity.Version,
             StartedAt = DateTime.UtcNow,
-        }, stoppingToken);
+        };
+        // Until it is sent, it is tried again before each heartbeat: it marks a worker of a known id alive again after it
+        // was recorded stopped, which a heartbeat does not.
+        bool announced = await PublishBoundedAsync(started, null, "start announcement", stoppingToken);
         logger.LogInformation("Worker {WorkerId} on {Device} ({Lanes}) is taking jobs from the {Queue} queue",
             identity.WorkerId, identity.Device.Name, lanes.ToString(), Contracts.QueueNames.GpuWork);
 
         using var timer = new PeriodicTimer(interval);
         do
         {
-            try
+            if (!announced)
             {
-                await bus.Publish(new WorkerHeartbeat
-                {
-                    WorkerId = identity.WorkerId,
-                    Host = identity.Host,
-                    Device = identity.Device.Name,
-                    Version = identity.Version,
-                    SentAt = DateTime.UtcNow,
-                    CurrentJob = jobs.CurrentJob,
-                    Waiting = jobs.Waiting,
-                    ImagesPerSecond = jobs.ImagesPerSecond,
-                    ResidentBytes = Environment.WorkingSet,
-                    KernelCheck = kernels.Report is { Checked: > 0 } report ? report.Summary : null,
-                    ResidentFeatureSets = residentFeatures?.Keys ?? [],
-                    ResidentFeatureBytes = residentFeatures?.Bytes ?? 0,
-                    DirectQueue = identity.DirectQueue,
-                }, context => context.TimeToLive = interval * 3, stoppingToken);
+                announced = await PublishBoundedAsync(started, null, "start announcement", stoppingToken);
             }
-            catch (Exception e) when (e is not OperationCanceledException)
+            await PublishBoundedAsync(new WorkerHeartbeat
             {
-                // A missed heartbeat is not fatal; the bus reconnects on its own.
-                logger.LogWarning(e, "Heartbeat of worker {WorkerId} not sent", identity.WorkerId);
-            }
+                WorkerId = identity.WorkerId,
+                Host = identity.Host,
+                Device = identity.Device.Name,
+                Version = identity.Version,
+                SentAt = DateTime.UtcNow,
+                CurrentJob = jobs.CurrentJob,
+                Waiting = jobs.Waiting,
+                ImagesPerSecond = jobs.ImagesPerSecond,
+                ResidentBytes = Environment.WorkingSet,
+                KernelCheck = kernels.Report is { Checked: > 0 } report ? report.Summary : null,
+                ResidentFeatureSets = residentFeatures?.Keys ?? [],
+                ResidentFeatureBytes = residentFeatures?.Bytes ?? 0,
+                DirectQueue = identity.DirectQueue,
+            }, context => context.TimeToLive = HeartbeatTimeToLive, "heartbeat", stoppingToken);
         }
         while (await timer.WaitForNextTickAsync(stoppingToken));
+    }
+
+    /// <summary>How long a heartbeat lives unread in the broker, and how long one publish may take.</summary>
+    private TimeSpan HeartbeatTimeToLive => interval * 3;
+
+    /// <summary>
+    /// Publishes one announcement, giving up after a heartbeat's time to live. A publish caught in flight when the broker
+    /// froze or the connection broke can wait for a confirm that never comes, whatever its token says
+    /// (rabbitmq-dotnet-client#1930); the loop must not wait with it, or this worker sends no heartbeat again and is shown
+    /// lost while it runs. A heartbeat older than its time to live is worthless anyway: the next one replaces it.
+    /// </summary>
+    /// <returns>Whether the broker took it.</returns>
+    private async Task<bool> PublishBoundedAsync<T>(T message, Action<PublishContext<T>>? configure, string what, CancellationToken stoppingToken)
+        where T : class
+    {
+        TimeSpan bound = HeartbeatTimeToLive;
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken);
+        deadline.CancelAfter(bound);
+        Task publish = bus.Publish(message, context => configure?.Invoke(context), deadline.Token);
+        try
+        {
+            await publish.WaitAsync(bound, stoppingToken);
+            return true;
+        }
+        catch (TimeoutException)
+        {
+            // Observed later, so that an abandoned publish that does fail leaves no unobserved exception behind.
+            _ = publish.ContinueWith(static t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+            logger.LogWarning("The {What} of worker {WorkerId} was not sent within {Bound}; the broker did not confirm it, and the next one goes on",
+                what, identity.WorkerId, bound);
+            return false;
+        }
+        catch (Exception e) when (!stoppingToken.IsCancellationRequested)
+        {
+            // A missed heartbeat is not fatal; the bus reconnects on its own. (Its own deadline's cancellation lands here too.)
+            logger.LogWarning(e, "The {What} of worker {WorkerId} was not sent", what, identity.WorkerId);
+            return false;
+        }
     }
 
     public override async Task StopAsync(CancellationToken cancellationToken)

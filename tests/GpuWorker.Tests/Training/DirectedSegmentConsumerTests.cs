@@ -92,26 +92,4 @@ public sealed class DirectedSegmentConsumerTests
         using IDisposable second = await waiting.WaitAsync(TimeSpan.FromSeconds(30));
         lanes.TryTake().ShouldBeNull("released twice, freed once");
     }
-
-    /// <summary>The consumer's log lines, formatted.</summary>
-    private sealed class LogLines : ILoggerProvider
-    {
-        public System.Collections.Concurrent.ConcurrentQueue<string> Lines { get; } = new();
-
-        public ILogger CreateLogger(string categoryName) => new Logger(Lines);
-
-        public void Dispose()
-        {
-        }
-
-        private sealed class Logger(System.Collections.Concurrent.ConcurrentQueue<string> lines) : ILogger
-        {
-            public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
-
-            public bool IsEnabled(LogLevel logLevel) => true;
-
-            public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
-                lines.Enqueue(formatter(state, exception));
-        }
-    }
 }
