@@ -29,14 +29,15 @@ public sealed class FullVolumeTests : IAsyncLifetime
     public async Task DisposeAsync() => await _cluster.DisposeAsync();
 
     /// <summary>What `coordinator workers --format json` says the one worker waits for; null unless it is alive and waiting.</summary>
-    private async Task<string?> WaitingReasonAsync()
-    {
-        (int code, ClusterProcess workers) = await _cluster.RunCoordinatorAsync(s_deadline, "workers", "--cluster", "--format", "json");
-        code.ShouldBe(0, workers.Describe());
-        using var json = System.Text.Json.JsonDocument.Parse(workers.StandardOutput);
-        System.Text.Json.JsonElement row = json.RootElement.EnumerateArray().Single();
-        return row.GetProperty("status").GetString() == "alive" ? row.GetProperty("waiting").GetString() : null;
-    }
+    private string WorkerId => "w-" + _cluster.Name;
+
+    /// <summary>Why the live worker's job is held, as recorded from its heartbeats (null while it works).</summary>
+    private async Task<string?> RecordedWaitingAsync() =>
+        await _cluster.RecordedWorkerAsync(WorkerId) is { Status: WorkerStatus.Alive } worker ? worker.Waiting : null;
+
+    /// <summary>Why `coordinator workers` says the job is held: run once the recorded row shows a reason.</summary>
+    private async Task<string?> ListedWaitingAsync() =>
+        await _cluster.ListedWorkerAsync(WorkerId, s_deadline, all: false) is { } row ? row.GetProperty("waiting").GetString() : null;
 
     [FactWhenMountable]
     public async Task A_volume_that_fills_mid_sweep_holds_the_segment_until_space_returns_and_nothing_is_lost_or_torn()
@@ -68,7 +69,7 @@ public sealed class FullVolumeTests : IAsyncLifetime
             """);
         _cluster.Environment["Worker__StorageRetrySeconds"] = "0.5";
         _cluster.Coordinator("serve", "--cluster");
-        ClusterProcess worker = _cluster.Worker("--device", "cpu", "--id", "w-" + _cluster.Name);
+        ClusterProcess worker = _cluster.Worker("--device", "cpu", "--id", WorkerId);
         Guid sweepId = await _cluster.SubmitSweepAsync(spec, s_deadline);
 
         await Eventually.WaitAsync(async () =>
@@ -81,8 +82,9 @@ public sealed class FullVolumeTests : IAsyncLifetime
             s_deadline, "the worker to wait for the full volume");
 
         // `coordinator workers` says why the worker's job is held (from its heartbeats), and that it is alive.
-        await Eventually.WaitAsync(async () => await WaitingReasonAsync() is string waiting && waiting.StartsWith("the shared volume: ", StringComparison.Ordinal),
-            s_deadline, "coordinator workers to show the worker waiting for the shared volume");
+        await Eventually.WaitAsync(async () => await RecordedWaitingAsync() is string waiting && waiting.StartsWith("the shared volume: ", StringComparison.Ordinal),
+            s_deadline, "the worker's heartbeat to say it waits for the shared volume");
+        (await ListedWaitingAsync()).ShouldNotBeNull("listed alive, with the reason its job is held").ShouldStartWith("the shared volume: ");
 
         int recordedWhileFull;
         await using (var db = _cluster.Database())
@@ -98,8 +100,9 @@ public sealed class FullVolumeTests : IAsyncLifetime
         await Eventually.WaitAsync(() => Task.FromResult(worker.Lines.Any(l => l.Contains("now waits for the shared volume", StringComparison.Ordinal)
                 && l.Contains("Read-only file system", StringComparison.Ordinal))),
             s_deadline, "the worker to say it now waits for a read-only volume");
-        await Eventually.WaitAsync(async () => await WaitingReasonAsync() is string waiting && waiting.Contains("Read-only file system", StringComparison.Ordinal),
-            s_deadline, "coordinator workers to show the read-only volume as the reason");
+        await Eventually.WaitAsync(async () => await RecordedWaitingAsync() is string waiting && waiting.Contains("Read-only file system", StringComparison.Ordinal),
+            s_deadline, "the worker's heartbeat to give the read-only volume as the reason");
+        (await ListedWaitingAsync()).ShouldNotBeNull("listed alive, with the reason its job is held").ShouldContain("Read-only file system");
         await using (var db = _cluster.Database())
         {
             (await db.Trials.AsNoTracking().SingleAsync(t => t.SweepId == sweepId)).Status.ShouldBe(TrialStatus.Running, "a read-only volume fails no trial");

@@ -1,4 +1,5 @@
-using System.Text.Json;
+using Cluster.Coordinator.Cli.Commands;
+using Cluster.Coordinator.Orchestration;
 using Cluster.IntegrationTests.Support;
 using Cluster.Storage.Database.Entities;
 using Cluster.TestSupport.Training;
@@ -28,14 +29,15 @@ public sealed class LostWorkerTests(ITestOutputHelper output) : IAsyncLifetime
 
     public async Task DisposeAsync() => await _cluster.DisposeAsync();
 
-    private async Task<string?> StatusAsync(string workerId)
-    {
-        (int code, ClusterProcess list) = await _cluster.RunCoordinatorAsync(s_deadline, "workers", "--cluster", "--all", "--format", "json");
-        code.ShouldBe(0, list.Describe());
-        using JsonDocument workers = JsonDocument.Parse(list.StandardOutput);
-        return workers.RootElement.EnumerateArray().Where(w => w.GetProperty("id").GetString() == workerId)
-            .Select(w => w.GetProperty("status").GetString()).SingleOrDefault();
-    }
+    /// <summary>What `coordinator workers` would call the worker now, from its recorded heartbeats.</summary>
+    private async Task<string?> StatusAsync(string workerId) =>
+        await _cluster.RecordedWorkerAsync(workerId) is { } worker
+            ? WorkerLiveness.Of(worker, DateTime.UtcNow, TimeSpan.FromSeconds(WorkersSettings.DefaultLostAfterSeconds))
+            : null;
+
+    /// <summary>What `coordinator workers` shows: run once a wait on the recorded rows has seen the status.</summary>
+    private async Task<string?> ListedStatusAsync(string workerId) =>
+        (await _cluster.ListedWorkerAsync(workerId, s_deadline))?.GetProperty("status").GetString();
 
     [Fact]
     public async Task A_frozen_worker_is_shown_lost_its_segment_is_trained_elsewhere_and_when_it_returns_the_segment_is_recorded_once()
@@ -93,7 +95,8 @@ public sealed class LostWorkerTests(ITestOutputHelper output) : IAsyncLifetime
         }
         Phase($"froze {frozenId} holding segment {held}");
 
-        await Eventually.WaitAsync(async () => await StatusAsync(frozenId) == "lost", s_deadline, () => "the frozen worker to be shown lost");
+        await Eventually.WaitAsync(async () => await StatusAsync(frozenId) == WorkerLiveness.Lost, s_deadline, () => "the frozen worker to be silent long enough to be lost");
+        (await ListedStatusAsync(frozenId)).ShouldBe(WorkerLiveness.Lost, "coordinator workers shows the frozen worker lost");
         Phase("shown lost");
         string otherId = "other-" + _cluster.Name;
         ClusterProcess other = _cluster.Worker("--device", "cpu", "--id", otherId);
@@ -106,7 +109,8 @@ public sealed class LostWorkerTests(ITestOutputHelper output) : IAsyncLifetime
 
         Phase($"segment {held} recorded by the other worker");
         frozen.Thaw();
-        await Eventually.WaitAsync(async () => await StatusAsync(frozenId) == "alive", s_deadline, () => "the thawed worker to be alive again\n" + frozen.Describe());
+        await Eventually.WaitAsync(async () => await StatusAsync(frozenId) == WorkerLiveness.Alive, s_deadline, () => "the thawed worker to be alive again\n" + frozen.Describe());
+        (await ListedStatusAsync(frozenId)).ShouldBe(WorkerLiveness.Alive, "coordinator workers shows the thawed worker alive");
         Phase("thawed worker alive again");
         await Eventually.WaitAsync(async () =>
         {

@@ -15,20 +15,7 @@ public sealed class WorkersCommandTests : IAsyncLifetime
 
     public async Task DisposeAsync() => await _cluster.DisposeAsync();
 
-    private async Task<WorkerRecord?> Recorded(string id)
-    {
-        await using var db = _cluster.Database();
-        try
-        {
-            return await db.Workers.AsNoTracking().SingleOrDefaultAsync(w => w.Id == id);
-        }
-        catch (Npgsql.PostgresException e) when (e.SqlState is "42P01" or "42703")
-        {
-            // `serve` has not created the schema yet (no table), or is between two migrations (the table without
-            // the column a later one adds: resident_bytes).
-            return null;
-        }
-    }
+    private Task<WorkerRecord?> Recorded(string id) => _cluster.RecordedWorkerAsync(id);
 
     [Fact]
     public async Task Serve_records_worker_heartbeats_and_workers_lists_live_then_stopped_workers()
@@ -41,32 +28,20 @@ public sealed class WorkersCommandTests : IAsyncLifetime
         await Eventually.WaitAsync(async () => (await Recorded(workerId)) is { Status: WorkerStatus.Alive, ResidentBytes: > 0, KernelCheck: string check }
             && check.StartsWith($"{GpuWorker.Kernels.KernelCanary.Configs(1).Count} convolution", StringComparison.Ordinal),
             s_deadline, "the worker's heartbeat, with its whole start-up kernel check, to be recorded");
-        (int code, ClusterProcess list) = await _cluster.RunCoordinatorAsync(s_deadline, "workers", "--cluster", "--format", "json");
-
-        code.ShouldBe(0, list.Describe());
-        using (JsonDocument live = JsonDocument.Parse(list.StandardOutput))
-        {
-            JsonElement listed = live.RootElement.EnumerateArray().Single(w => w.GetProperty("id").GetString() == workerId);
-            listed.GetProperty("status").GetString().ShouldBe("alive");
-            listed.GetProperty("device").GetString().ShouldBe("cpu");
-            // A worker process with libtorch loaded is tens of MiB at the very least, and a 64-bit process far below a TiB.
-            listed.GetProperty("residentMiB").GetInt64().ShouldBeInRange(20, 1L << 20);
-            string kernels = listed.GetProperty("kernelCheck").GetString()!;
-            kernels.ShouldContain("convolution configuration(s) checked on");
-            kernels.ShouldMatch(@"^\d+ convolution configuration\(s\) checked on .+, libtorch 2\.10[0-9.]*: (all native kernels right|\d+ rerouted .+)$");
-        }
+        JsonElement listed = (await _cluster.ListedWorkerAsync(workerId, s_deadline, all: false)).ShouldNotBeNull("listed among the live workers");
+        listed.GetProperty("status").GetString().ShouldBe("alive");
+        listed.GetProperty("device").GetString().ShouldBe("cpu");
+        // A worker process with libtorch loaded is tens of MiB at the very least, and a 64-bit process far below a TiB.
+        listed.GetProperty("residentMiB").GetInt64().ShouldBeInRange(20, 1L << 20);
+        string kernels = listed.GetProperty("kernelCheck").GetString()!;
+        kernels.ShouldContain("convolution configuration(s) checked on");
+        kernels.ShouldMatch(@"^\d+ convolution configuration\(s\) checked on .+, libtorch 2\.10[0-9.]*: (all native kernels right|\d+ rerouted .+)$");
 
         worker.Terminate();
         (await worker.WaitForExitAsync(s_deadline)).ShouldBe(0, worker.Describe());
         await Eventually.WaitAsync(async () => (await Recorded(workerId))?.Status == WorkerStatus.Stopped, s_deadline, "the worker to be recorded as stopped");
-        (code, list) = await _cluster.RunCoordinatorAsync(s_deadline, "workers", "--cluster", "--all", "--format", "json");
-
-        code.ShouldBe(0, list.Describe());
-        using (JsonDocument all = JsonDocument.Parse(list.StandardOutput))
-        {
-            all.RootElement.EnumerateArray().Single(w => w.GetProperty("id").GetString() == workerId)
-                .GetProperty("status").GetString().ShouldBe("stopped");
-        }
+        (await _cluster.ListedWorkerAsync(workerId, s_deadline)).ShouldNotBeNull().GetProperty("status").GetString().ShouldBe("stopped");
+        (await _cluster.ListedWorkerAsync(workerId, s_deadline, all: false)).ShouldBeNull("a stopped worker is listed with --all only");
         serve.Terminate();
         (await serve.WaitForExitAsync(s_deadline)).ShouldBe(0, serve.Describe());
     }

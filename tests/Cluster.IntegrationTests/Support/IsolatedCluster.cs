@@ -120,6 +120,43 @@ public sealed class IsolatedCluster : IAsyncDisposable
         return json.RootElement.GetProperty("sweep").GetGuid();
     }
 
+    /// <summary>
+    /// One worker's row as `coordinator serve` recorded it from its heartbeats; null until it is (or while `serve` has
+    /// not created the schema yet, or is between two migrations). Tests wait on this rather than start `coordinator
+    /// workers` every poll (a process each, about a CPU-second); they run the command once the row shows what they wait for.
+    /// </summary>
+    public async Task<Cluster.Storage.Database.Entities.WorkerRecord?> RecordedWorkerAsync(string workerId)
+    {
+        await using ClusterDbContext db = Database();
+        try
+        {
+            return await Microsoft.EntityFrameworkCore.EntityFrameworkQueryableExtensions.SingleOrDefaultAsync(
+                Microsoft.EntityFrameworkCore.EntityFrameworkQueryableExtensions.AsNoTracking(db.Workers), w => w.Id == workerId);
+        }
+        catch (PostgresException e) when (e.SqlState is "42P01" or "42703")
+        {
+            // No table yet, or the table without the column a later migration adds.
+            return null;
+        }
+    }
+
+    /// <summary>`coordinator workers --cluster --format json` (with `--all` unless only live ones are asked for): one worker's row, or null.</summary>
+    public async Task<JsonElement?> ListedWorkerAsync(string workerId, TimeSpan timeout, bool all = true)
+    {
+        string[] args = all ? ["workers", "--cluster", "--all", "--format", "json"] : ["workers", "--cluster", "--format", "json"];
+        (int code, ClusterProcess list) = await RunCoordinatorAsync(timeout, args);
+        code.ShouldBe(0, list.Describe());
+        using JsonDocument json = JsonDocument.Parse(list.StandardOutput);
+        foreach (JsonElement row in json.RootElement.EnumerateArray())
+        {
+            if (row.GetProperty("id").GetString() == workerId)
+            {
+                return row.Clone();
+            }
+        }
+        return null;
+    }
+
     /// <summary>This slice's broker settings, as the child processes read them from <see cref="Environment"/>.</summary>
     public Cluster.Hosting.RabbitMqOptions RabbitMq => new()
     {

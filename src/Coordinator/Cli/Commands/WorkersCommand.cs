@@ -1,4 +1,5 @@
 using System.ComponentModel;
+using Cluster.Coordinator.Orchestration;
 using Cluster.Storage.Database;
 using Cluster.Storage.Database.Entities;
 using Microsoft.EntityFrameworkCore;
@@ -9,13 +10,16 @@ namespace Cluster.Coordinator.Cli.Commands;
 
 public sealed class WorkersSettings : GlobalSettings
 {
+    /// <summary>Three of the worker's default heartbeat intervals (5 s).</summary>
+    public const int DefaultLostAfterSeconds = 15;
+
     [CommandOption("--all")]
     [Description("Also list stopped and lost workers.")]
     public bool All { get; init; }
 
     [CommandOption("--lost-after <SECONDS>")]
     [Description("A worker silent this long is shown as lost (default: three heartbeat intervals).")]
-    [DefaultValue(15)]
+    [DefaultValue(DefaultLostAfterSeconds)]
     public int LostAfterSeconds { get; init; }
 }
 
@@ -39,10 +43,7 @@ public sealed class WorkersCommand : AsyncCommand<WorkersSettings>
                 host = w.Host,
                 device = w.Device,
                 version = w.Version,
-                // "Lost" is derived from silence rather than stored: it needs no timer, and it heals by itself
-                // when the worker's next heartbeat arrives.
-                status = w.Status == WorkerStatus.Stopped ? "stopped"
-                    : now - w.LastHeartbeat > TimeSpan.FromSeconds(settings.LostAfterSeconds) ? "lost" : "alive",
+                status = WorkerLiveness.Of(w, now, TimeSpan.FromSeconds(settings.LostAfterSeconds)),
                 lastHeartbeat = w.LastHeartbeat,
                 secondsSinceHeartbeat = Math.Round((now - w.LastHeartbeat).TotalSeconds, 1),
                 currentJob = w.CurrentJob,
@@ -52,7 +53,7 @@ public sealed class WorkersCommand : AsyncCommand<WorkersSettings>
                 residentMiB = w.ResidentBytes is long bytes ? bytes / (1024 * 1024) : (long?)null,
                 kernelCheck = w.KernelCheck,
             })
-            .Where(w => settings.All || w.status == "alive")
+            .Where(w => settings.All || w.status == WorkerLiveness.Alive)
             .ToList();
 
         CliOutput.Write(settings, rows, () =>
