@@ -16,7 +16,7 @@ namespace Cluster.IntegrationTests.Support;
 public sealed class IsolatedCluster : IAsyncDisposable
 {
     private static readonly HttpClient s_management = CreateManagementClient();
-    private static readonly string s_kernelCache = Path.Combine(Path.GetTempPath(), $"cluster-it-kernels-{System.Environment.ProcessId}");
+    private static readonly string s_kernelCache = Cluster.TestSupport.RunFolder.Create("cluster-it-kernels");
     private readonly List<ClusterProcess> _processes = [];
 
     private IsolatedCluster(string name)

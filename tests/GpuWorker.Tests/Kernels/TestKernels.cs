@@ -10,21 +10,8 @@ namespace Cluster.GpuWorker.Tests.Kernels;
 /// </summary>
 internal static class TestKernels
 {
-    private static readonly Lazy<KernelVerifier> s_verifier = new(() =>
-    {
-        string folder = Path.Combine(Path.GetTempPath(), $"cluster-test-kernels-{Environment.ProcessId}");
-        AppDomain.CurrentDomain.ProcessExit += (_, _) =>
-        {
-            try
-            {
-                Directory.Delete(folder, recursive: true);
-            }
-            catch (IOException)
-            {
-            }
-        };
-        return new KernelVerifier(new KernelVerifierOptions { CacheDirectory = folder });
-    });
+    private static readonly Lazy<KernelVerifier> s_verifier =
+        new(() => new KernelVerifier(new KernelVerifierOptions { CacheDirectory = Cluster.TestSupport.RunFolder.Create("cluster-test-kernels") }));
 
     public static KernelVerifier Verifier => s_verifier.Value;
 
