@@ -11,9 +11,10 @@ public sealed class FoldedResNetTests
 {
     public FoldedResNetTests() => TorchRuntime.Initialize();
 
+    // Basic blocks, at taps by every kind of name. Bottlenecks (a downsampling shortcut in every stage) are checked folded,
+    // at every tap and at 224, against float64 by ModelNumericsTests for ResNet-50, -101 and -152, and unfolded too.
     [Theory]
-    [InlineData("resnet18")] // basic blocks
-    [InlineData("resnet50")] // bottlenecks, a downsampling shortcut in every stage
+    [InlineData("resnet18")]
     public void Folded_batch_norms_give_the_backbones_features_at_every_covered_tap(string architecture)
     {
         using Backbone reference = BuildWithTrainedLikeStatistics(architecture, seed: 5);
