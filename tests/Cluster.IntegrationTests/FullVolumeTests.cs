@@ -28,7 +28,6 @@ public sealed class FullVolumeTests : IAsyncLifetime
 
     public async Task DisposeAsync() => await _cluster.DisposeAsync();
 
-    /// <summary>What `coordinator workers --format json` says the one worker waits for; null unless it is alive and waiting.</summary>
     private string WorkerId => "w-" + _cluster.Name;
 
     /// <summary>Why the live worker's job is held, as recorded from its heartbeats (null while it works).</summary>

@@ -1,7 +1,6 @@
 using System.Text.Json;
 using Cluster.IntegrationTests.Support;
 using Cluster.Storage.Database.Entities;
-using Microsoft.EntityFrameworkCore;
 using Shouldly;
 
 namespace Cluster.IntegrationTests;
@@ -15,8 +14,6 @@ public sealed class WorkersCommandTests : IAsyncLifetime
 
     public async Task DisposeAsync() => await _cluster.DisposeAsync();
 
-    private Task<WorkerRecord?> Recorded(string id) => _cluster.RecordedWorkerAsync(id);
-
     [Fact]
     public async Task Serve_records_worker_heartbeats_and_workers_lists_live_then_stopped_workers()
     {
@@ -25,7 +22,7 @@ public sealed class WorkersCommandTests : IAsyncLifetime
         ClusterProcess worker = _cluster.Worker("--device", "cpu", "--id", workerId);
 
         // The heartbeat carries the worker's kernel check once its start-up canary has run.
-        await Eventually.WaitAsync(async () => (await Recorded(workerId)) is { Status: WorkerStatus.Alive, ResidentBytes: > 0, KernelCheck: string check }
+        await Eventually.WaitAsync(async () => (await _cluster.RecordedWorkerAsync(workerId)) is { Status: WorkerStatus.Alive, ResidentBytes: > 0, KernelCheck: string check }
             && check.StartsWith($"{GpuWorker.Kernels.KernelCanary.Configs(1).Count} convolution", StringComparison.Ordinal),
             s_deadline, "the worker's heartbeat, with its whole start-up kernel check, to be recorded");
         JsonElement listed = (await _cluster.ListedWorkerAsync(workerId, s_deadline, all: false)).ShouldNotBeNull("listed among the live workers");
@@ -39,7 +36,7 @@ public sealed class WorkersCommandTests : IAsyncLifetime
 
         worker.Terminate();
         (await worker.WaitForExitAsync(s_deadline)).ShouldBe(0, worker.Describe());
-        await Eventually.WaitAsync(async () => (await Recorded(workerId))?.Status == WorkerStatus.Stopped, s_deadline, "the worker to be recorded as stopped");
+        await Eventually.WaitAsync(async () => (await _cluster.RecordedWorkerAsync(workerId))?.Status == WorkerStatus.Stopped, s_deadline, "the worker to be recorded as stopped");
         (await _cluster.ListedWorkerAsync(workerId, s_deadline)).ShouldNotBeNull().GetProperty("status").GetString().ShouldBe("stopped");
         (await _cluster.ListedWorkerAsync(workerId, s_deadline, all: false)).ShouldBeNull("a stopped worker is listed with --all only");
         serve.Terminate();

@@ -3,7 +3,9 @@ using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json;
 using Cluster.Storage.Database;
+using Cluster.Storage.Database.Entities;
 using MassTransit;
+using Microsoft.EntityFrameworkCore;
 using Npgsql;
 using Shouldly;
 
@@ -125,13 +127,12 @@ public sealed class IsolatedCluster : IAsyncDisposable
     /// not created the schema yet, or is between two migrations). Tests wait on this rather than start `coordinator
     /// workers` every poll (a process each, about a CPU-second); they run the command once the row shows what they wait for.
     /// </summary>
-    public async Task<Cluster.Storage.Database.Entities.WorkerRecord?> RecordedWorkerAsync(string workerId)
+    public async Task<WorkerRecord?> RecordedWorkerAsync(string workerId)
     {
         await using ClusterDbContext db = Database();
         try
         {
-            return await Microsoft.EntityFrameworkCore.EntityFrameworkQueryableExtensions.SingleOrDefaultAsync(
-                Microsoft.EntityFrameworkCore.EntityFrameworkQueryableExtensions.AsNoTracking(db.Workers), w => w.Id == workerId);
+            return await db.Workers.AsNoTracking().SingleOrDefaultAsync(w => w.Id == workerId);
         }
         catch (PostgresException e) when (e.SqlState is "42P01" or "42703")
         {
